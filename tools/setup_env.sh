@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Creates .venv with everything the project needs, once. Reuses an installed torch when the base
+# Python has one; otherwise installs torch==2.13.0 (a CPU wheel on this project's machines) before
+# anything else can pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+stamp=.venv/.setup-done
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then exit 0; fi
+if [ ! -x .venv/bin/python ]; then
+  if "$PY" -c "import torch" 2>/dev/null; then
+    echo "setup: reusing the torch of $PY"
+    "$PY" -m venv --system-site-packages .venv
+  else
+    "$PY" -m venv .venv
+  fi
+fi
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  echo "setup: installing torch==2.13.0 (CPU wheel)"
+  .venv/bin/python -m pip install -q "torch==2.13.0"
+fi
+echo "setup: installing the dependencies listed in pyproject.toml"
+# Dependencies only: the package itself stays un-installed so that tests can prove the remote-code
+# files work in a process that cannot import it. Scripts and tests find it from the repository root.
+.venv/bin/python tools/list_requirements.py >.venv/requirements.txt
+.venv/bin/python -m pip install -q -r .venv/requirements.txt 2>&1 | grep -v "is ignored: it is neither" || true
+.venv/bin/python -c "import torch, transformers, datasets, evaluate, accelerate"
+# Makes evaluate.load("mrv") work offline from any directory.
+.venv/bin/python tools/install_mrv_metric.py
+touch "$stamp"
