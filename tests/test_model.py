@@ -281,3 +281,21 @@ def test_compose_from_instances():
     model = CCRModel(vision_model=vit, text_model=xlmr)
     assert model.vision_model is vit and model.text_model is xlmr
     assert model.config.vision_config is vit.config
+
+
+def test_benchmark_quick_mode_reports_both_ratios(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_model.py"
+    spec = importlib.util.spec_from_file_location("bench_model", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        result = bench.main(["--quick", "--repeats", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"loss_ratio={result['loss_ratio']:.3f} train_step_ratio={result['train_step_ratio']:.3f}"
+    assert result["loss_ratio"] > 0 and result["train_step_ratio"] > 0
