@@ -23,7 +23,7 @@ import torch
 
 from .mrv_core import compute_mrv
 
-DEFAULT_BLOCK_ELEMENTS = 1 << 24  # scores held at once: 16M floats = 64 MiB (plus a same-sized bool mask)
+DEFAULT_BLOCK_ELEMENTS = 1 << 25  # scores held at once: 32M floats = 128 MiB
 
 
 @dataclass
@@ -91,7 +91,9 @@ class _TextIndex:
     kept: np.ndarray  # (T,) positions in the caller's list
     order: np.ndarray  # (T,) sorted position -> kept position
     bounds: list[tuple[int, int]]  # per language [lo, hi) in sorted order
-    pairs: list[tuple[np.ndarray, np.ndarray]]  # per language: image ids and sorted columns, sorted by image
+    pair_images: np.ndarray  # (T,) image of each sorted text, the pairs sorted by image
+    pair_cols: np.ndarray  # (T,) its sorted column
+    pair_langs: np.ndarray  # (T,) its language index
 
 
 def _index_texts(text_image_ids: Any, text_languages: Sequence[str], num_images: int,
@@ -125,15 +127,16 @@ def _index_texts(text_image_ids: Any, text_languages: Sequence[str], num_images:
     codes = np.array([lang_of[lang] for lang in langs[kept]], dtype=np.int64)
     order = np.argsort(codes, kind="stable")
     sorted_codes = codes[order]
-    bounds, pairs = [], []
+    bounds = []
     for k in range(len(languages)):
         lo, hi = np.searchsorted(sorted_codes, k, "left"), np.searchsorted(sorted_codes, k, "right")
         bounds.append((int(lo), int(hi)))
-        cols = np.arange(lo, hi) - lo
-        images = ids[kept[order[lo:hi]]]
-        by_image = np.argsort(images, kind="stable")
-        pairs.append((images[by_image], cols[by_image]))
-    return _TextIndex(list(languages), ids[kept], langs[kept], kept, order, bounds, pairs)
+    sorted_images = ids[kept[order]]
+    by_image = np.argsort(sorted_images, kind="stable")
+    return _TextIndex(
+        list(languages), ids[kept], langs[kept], kept, order, bounds,
+        sorted_images[by_image], by_image, sorted_codes[by_image],
+    )
 
 
 def _rows_per_block(width: int, chunk_size: int | None, max_block_elements: int) -> int:
@@ -154,62 +157,109 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
 
 # ------------------------------------------------------------------------------------------ the counting
 
+_CACHE_ELEMENTS = 1 << 16  # rows compared at once on the CPU: a cache-sized boolean temporary
+
+
+def _count_greater_per_row(scores: torch.Tensor, gold: torch.Tensor) -> np.ndarray:
+    """For each row r: number of entries of ``scores[r]`` strictly greater than ``gold[r]``."""
+    if scores.device.type != "cpu":
+        return (scores > gold[:, None]).sum(dim=1).cpu().numpy()
+    values, threshold = scores.numpy(), gold.numpy()
+    out = np.empty(values.shape[0], dtype=np.int64)
+    step = max(1, _CACHE_ELEMENTS // max(1, values.shape[1]))
+    for s in range(0, values.shape[0], step):
+        out[s : s + step] = np.count_nonzero(values[s : s + step] > threshold[s : s + step, None], axis=1)
+    return out
+
+
+def _count_greater_per_column(scores: torch.Tensor, gold: torch.Tensor) -> np.ndarray:
+    """For each column c: number of entries of ``scores[:, c]`` strictly greater than ``gold[c]``."""
+    if scores.device.type != "cpu":
+        return (scores > gold[None, :]).sum(dim=0).cpu().numpy()
+    values, threshold = scores.numpy(), gold.numpy()
+    out = np.zeros(values.shape[1], dtype=np.int64)
+    step = max(1, _CACHE_ELEMENTS // max(1, values.shape[1]))
+    for s in range(0, values.shape[0], step):
+        out += np.count_nonzero(values[s : s + step] > threshold[None, :], axis=0)
+    return out
+
+
+def _best_gold(scores: torch.Tensor, start: int, stop: int, index: _TextIndex) -> torch.Tensor:
+    """(stop-start, K): per image row and language, the best score among the image's captions in that
+    language (-inf if none), read from ``scores`` (rows start:stop, all sorted texts) itself."""
+    num_langs = len(index.languages)
+    a, b = np.searchsorted(index.pair_images, [start, stop])
+    best = torch.full(((stop - start) * num_langs,), -math.inf, dtype=scores.dtype, device=scores.device)
+    if a < b:
+        rows = torch.as_tensor(index.pair_images[a:b] - start, device=scores.device)
+        gold = scores[rows, torch.as_tensor(index.pair_cols[a:b], device=scores.device)]
+        slots = rows * num_langs + torch.as_tensor(index.pair_langs[a:b], device=scores.device)
+        best = best.scatter_reduce(0, slots, gold, reduce="amax")
+    return best.view(stop - start, num_langs)
+
 
 def _count_ranks(
-    image_block: Callable[[int, int], torch.Tensor],
-    text_block: Callable[[int, int], torch.Tensor],
-    num_images: int,
     index: _TextIndex,
+    num_images: int,
+    full: torch.Tensor | None,
+    image_block: Callable[[int, int], torch.Tensor] | None,
+    text_block: Callable[[int, int], torch.Tensor] | None,
     chunk_size: int | None,
     max_block_elements: int,
     top_k: int,
     progress: bool,
 ) -> RetrievalRanks:
-    """Shared by every score source. ``image_block(s, e)`` -> (e-s, T) scores of images s:e against the
-    texts in sorted order; ``text_block(s, e)`` -> (e-s, N) scores of sorted texts s:e against all images."""
+    """Shared by every score source.
+
+    Either ``full`` (N, T) holds all scores (texts in sorted order) and both directions read from it, or
+    ``image_block(s, e)`` -> (e-s, T) and ``text_block(s, e)`` -> (e-s, N) compute query blocks, and each
+    block's gold scores come from that block.
+    """
     num_texts = len(index.order)
     num_langs = len(index.languages)
     tr = np.full((num_images, num_langs), np.nan)
     tr_topk = np.full((num_images, num_langs, top_k), -1, dtype=np.int64) if top_k else None
     sorted_to_kept = index.order
+    gold_images = index.image_ids[sorted_to_kept]  # image of each sorted text
+    ir_sorted = np.ones(num_texts, dtype=np.int64)
+    has_caption = np.zeros((num_images, num_langs), dtype=bool)
+    has_caption[index.pair_images, index.pair_langs] = True
 
-    rows = _rows_per_block(num_texts, chunk_size, max_block_elements)
+    if full is not None:
+        ir_gold = full[torch.as_tensor(gold_images, device=full.device), torch.arange(num_texts, device=full.device)]
+        rows = chunk_size or max(1, (_CACHE_ELEMENTS * 64) // max(1, num_texts))
+    else:
+        rows = _rows_per_block(num_texts, chunk_size, max_block_elements)
     starts = range(0, num_images, rows)
     for start in _progress(starts, len(starts), "TR ranks", progress):
         stop = min(start + rows, num_images)
-        scores = image_block(start, stop)
+        scores = full[start:stop] if full is not None else image_block(start, stop)
+        best = _best_gold(scores, start, stop, index)
         for k, (lo, hi) in enumerate(index.bounds):
-            gallery = scores[:, lo:hi]
-            pair_images, pair_cols = index.pairs[k]
-            a, b = np.searchsorted(pair_images, [start, stop])
-            if a == b:
-                continue
-            local_rows = torch.as_tensor(pair_images[a:b] - start, device=scores.device)
-            gold = gallery[local_rows, torch.as_tensor(pair_cols[a:b], device=scores.device)]
-            best = torch.full((stop - start,), -math.inf, dtype=scores.dtype, device=scores.device)
-            best = best.scatter_reduce(0, local_rows, gold, reduce="amax")
-            counts = (gallery > best[:, None]).sum(dim=1) + 1
-            has_caption = np.unique(pair_images[a:b])
-            tr[has_caption, k] = counts.cpu().numpy()[has_caption - start]
+            counts = _count_greater_per_row(scores[:, lo:hi], best[:, k].contiguous()) + 1
+            mask = has_caption[start:stop, k]
+            tr[start:stop, k][mask] = counts[mask]
             if top_k:
                 kk = min(top_k, hi - lo)
-                cand = gallery.topk(kk, dim=1).indices.cpu().numpy() + lo
+                cand = scores[:, lo:hi].topk(kk, dim=1).indices.cpu().numpy() + lo
                 tr_topk[start:stop, k, :kk] = sorted_to_kept[cand]
+        if full is not None:
+            ir_sorted += _count_greater_per_column(scores, ir_gold)
 
-    ir_sorted = np.empty(num_texts, dtype=np.int64)
     ir_topk_sorted = np.full((num_texts, top_k), -1, dtype=np.int64) if top_k else None
-    gold_images = index.image_ids[sorted_to_kept]
-    rows = _rows_per_block(num_images, chunk_size, max_block_elements)
-    starts = range(0, num_texts, rows)
-    for start in _progress(starts, len(starts), "IR ranks", progress):
-        stop = min(start + rows, num_texts)
-        scores = text_block(start, stop)
-        cols = torch.as_tensor(gold_images[start:stop], device=scores.device)
-        gold = scores[torch.arange(stop - start, device=scores.device), cols]
-        ir_sorted[start:stop] = ((scores > gold[:, None]).sum(dim=1) + 1).cpu().numpy()
-        if top_k:
-            kk = min(top_k, num_images)
-            ir_topk_sorted[start:stop, :kk] = scores.topk(kk, dim=1).indices.cpu().numpy()
+    if full is None or top_k:
+        rows = _rows_per_block(num_images, chunk_size, max_block_elements)
+        starts = range(0, num_texts, rows)
+        for start in _progress(starts, len(starts), "IR ranks", progress):
+            stop = min(start + rows, num_texts)
+            scores = full[:, start:stop].T if full is not None else text_block(start, stop)
+            if full is None:
+                cols = torch.as_tensor(gold_images[start:stop], device=scores.device)
+                gold = scores[torch.arange(stop - start, device=scores.device), cols]
+                ir_sorted[start:stop] = _count_greater_per_row(scores, gold) + 1
+            if top_k:
+                kk = min(top_k, num_images)
+                ir_topk_sorted[start:stop, :kk] = scores.topk(kk, dim=1).indices.cpu().numpy()
 
     ir = np.empty(num_texts, dtype=np.int64)
     ir[sorted_to_kept] = ir_sorted
@@ -245,9 +295,11 @@ def compute_retrieval_ranks(
     """TR and IR ranks from embeddings (numpy or torch, any device).
 
     Scores are cosine similarities (``normalize=True``; the model's features are not normalised) or
-    ``score_fn(query_block, gallery) -> (b, G)``. ``chunk_size`` fixes the query rows per block; by
-    default blocks hold at most ``max_block_elements`` scores. ``top_k > 0`` keeps each query's top-k
-    candidates for :func:`rerank_ranks`. ``languages`` selects (and orders) the languages evaluated.
+    ``score_fn(query_block, gallery) -> (b, G)``. When all N x T scores fit in ``max_block_elements``
+    they are computed by one matmul that serves both directions; otherwise query blocks of at most that
+    many scores are computed per direction (``chunk_size`` fixes the rows per block and forces blocks).
+    ``top_k > 0`` keeps each query's top-k candidates for :func:`rerank_ranks`. ``languages`` selects
+    (and orders) the languages evaluated.
     """
     images = _as_float_tensor("image_embeds", image_embeds)
     texts = _as_float_tensor("text_embeds", text_embeds).to(images.device)
@@ -261,13 +313,15 @@ def compute_retrieval_ranks(
         texts = torch.nn.functional.normalize(texts, dim=-1)
     texts = texts[torch.as_tensor(index.kept[index.order], device=texts.device)]
     scorer = score_fn or (lambda query, gallery: query @ gallery.T)
+    one_matmul = chunk_size is None and images.shape[0] * texts.shape[0] <= max_block_elements
 
     with torch.inference_mode():
         return _count_ranks(
+            index,
+            images.shape[0],
+            scorer(images, texts) if one_matmul else None,
             lambda s, e: scorer(images[s:e], texts),
             lambda s, e: scorer(texts[s:e], images),
-            images.shape[0],
-            index,
             chunk_size,
             max_block_elements,
             top_k,
@@ -281,26 +335,20 @@ def ranks_from_scores(
     text_languages: Sequence[str],
     languages: Sequence[str] | None = None,
     chunk_size: int | None = None,
-    max_block_elements: int = DEFAULT_BLOCK_ELEMENTS,
     top_k: int = 0,
 ) -> RetrievalRanks:
-    """TR and IR ranks from a precomputed (N_images, T) score matrix (e.g. from your own scorer)."""
+    """TR and IR ranks from a precomputed (N_images, T) score matrix (e.g. from your own scorer).
+
+    Both directions read the one matrix; ``chunk_size`` sets the image rows compared at once."""
     matrix = _as_float_tensor("scores", scores)
     if matrix.shape[1] != len(text_languages):
         raise ValueError(f"scores has {matrix.shape[1]} columns but there are {len(text_languages)} texts")
     index = _index_texts(text_image_ids, text_languages, matrix.shape[0], languages)
-    columns = torch.as_tensor(index.kept[index.order], device=matrix.device)
+    columns = index.kept[index.order]
+    if not np.array_equal(columns, np.arange(matrix.shape[1])):
+        matrix = matrix[:, torch.as_tensor(columns, device=matrix.device)]
     with torch.inference_mode():
-        return _count_ranks(
-            lambda s, e: matrix[s:e][:, columns],
-            lambda s, e: matrix[:, columns[s:e]].T,
-            matrix.shape[0],
-            index,
-            chunk_size,
-            max_block_elements,
-            top_k,
-            False,
-        )
+        return _count_ranks(index, matrix.shape[0], matrix, None, None, chunk_size, DEFAULT_BLOCK_ELEMENTS, top_k, False)
 
 
 # -------------------------------------------------------------------------------------------- stage 2
