@@ -58,8 +58,7 @@ class RetrievalRanks:
         """(N_images, K) IR ranks per image and language: the best rank among the image's captions in that
         language (the same rule as TR), NaN where it has none. This is what MRV_IR is computed on."""
         out = np.full(self.tr_ranks.shape, np.inf)
-        lang_index = {lang: k for k, lang in enumerate(self.languages)}
-        cols = np.array([lang_index[str(lang)] for lang in self.text_languages], dtype=np.int64)
+        cols = _language_codes(self.text_languages, self.languages)
         np.minimum.at(out, (self.text_image_ids, cols), self.ir_ranks.astype(np.float64))
         out[np.isinf(out)] = np.nan
         return out
@@ -68,7 +67,14 @@ class RetrievalRanks:
 # ----------------------------------------------------------------------------------------------- inputs
 
 
-def _as_float_tensor(name: str, value: Any) -> torch.Tensor:
+def _language_codes(text_languages: np.ndarray, languages: Sequence[str]) -> np.ndarray:
+    """Index into ``languages`` of every text's language (every one must be there)."""
+    names, inverse = np.unique(np.asarray(text_languages, dtype=str), return_inverse=True)
+    position = {lang: k for k, lang in enumerate(languages)}
+    return np.array([position[name] for name in names], dtype=np.int64)[inverse.reshape(-1)]
+
+
+def _as_float_tensor(name: str, value: Any, check_finite: bool = True) -> torch.Tensor:
     tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
     if tensor.ndim != 2:
         raise ValueError(f"{name} must be 2-D (items x dim), got shape {tuple(tensor.shape)}")
@@ -76,9 +82,15 @@ def _as_float_tensor(name: str, value: Any) -> torch.Tensor:
         tensor = tensor.float()
     elif tensor.dtype in (torch.float16, torch.bfloat16) and tensor.device.type == "cpu":
         tensor = tensor.float()
-    if not torch.isfinite(tensor).all():
+    if check_finite and not _all_finite(tensor):
         raise ValueError(f"{name} contains NaN or infinite values")
     return tensor.detach()
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    if tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64):
+        return bool(np.isfinite(tensor.detach().numpy()).all())  # several times faster than torch.isfinite on CPU
+    return bool(torch.isfinite(tensor).all())
 
 
 @dataclass
@@ -104,7 +116,7 @@ def _index_texts(text_image_ids: Any, text_languages: Sequence[str], num_images:
     if ids.size and not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"text_image_ids must hold integers, got dtype {ids.dtype}")
     ids = ids.astype(np.int64)
-    langs = np.asarray([str(lang) for lang in text_languages], dtype=object)
+    langs = np.asarray(text_languages, dtype=str) if len(text_languages) else np.zeros(0, dtype=str)
     if len(langs) != len(ids):
         raise ValueError(f"text_languages has {len(langs)} entries but text_image_ids has {len(ids)}")
     if ids.size == 0:
@@ -112,7 +124,8 @@ def _index_texts(text_image_ids: Any, text_languages: Sequence[str], num_images:
     if ids.min() < 0 or ids.max() >= num_images:
         bad = int(ids[(ids < 0) | (ids >= num_images)][0])
         raise ValueError(f"text_image_ids holds {bad}, outside [0, {num_images}) (the number of images)")
-    present = sorted(set(langs.tolist()))
+    present, inverse = np.unique(langs, return_inverse=True)
+    present = [str(lang) for lang in present]
     if languages is None:
         languages = present
     else:
@@ -122,9 +135,10 @@ def _index_texts(text_image_ids: Any, text_languages: Sequence[str], num_images:
             raise ValueError(f"language(s) {unknown} have no text; the texts have {present}")
         if len(set(languages)) != len(languages):
             raise ValueError(f"languages has duplicates: {languages}")
-    kept = np.flatnonzero(np.isin(langs, np.asarray(languages, dtype=object)))
-    lang_of = {lang: k for k, lang in enumerate(languages)}
-    codes = np.array([lang_of[lang] for lang in langs[kept]], dtype=np.int64)
+    code_of_present = np.array([languages.index(lang) if lang in languages else -1 for lang in present])
+    all_codes = code_of_present[inverse.reshape(-1)]
+    kept = np.flatnonzero(all_codes >= 0)
+    codes = all_codes[kept]
     order = np.argsort(codes, kind="stable")
     sorted_codes = codes[order]
     bounds = []
@@ -157,7 +171,23 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
 
 # ------------------------------------------------------------------------------------------ the counting
 
-_CACHE_ELEMENTS = 1 << 16  # rows compared at once on the CPU: a cache-sized boolean temporary
+_CACHE_ELEMENTS = 1 << 19  # scores compared at once on the CPU (2 MiB of float32), so temporaries stay in cache
+
+
+def _cpu_workers() -> int:
+    return max(1, min(8, torch.get_num_threads()))
+
+
+def _run_row_ranges(work: Callable[[int, int], Any], num_rows: int) -> list[Any]:
+    """Run ``work(s, e)`` over contiguous row ranges in threads (numpy releases the GIL while counting)."""
+    workers = min(_cpu_workers(), max(1, num_rows // 64))
+    if workers == 1:
+        return [work(0, num_rows)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    edges = np.linspace(0, num_rows, workers + 1).astype(int)
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(work, edges[:-1], edges[1:]))
 
 
 def _count_greater_per_row(scores: torch.Tensor, gold: torch.Tensor) -> np.ndarray:
@@ -167,21 +197,48 @@ def _count_greater_per_row(scores: torch.Tensor, gold: torch.Tensor) -> np.ndarr
     values, threshold = scores.numpy(), gold.numpy()
     out = np.empty(values.shape[0], dtype=np.int64)
     step = max(1, _CACHE_ELEMENTS // max(1, values.shape[1]))
-    for s in range(0, values.shape[0], step):
-        out[s : s + step] = np.count_nonzero(values[s : s + step] > threshold[s : s + step, None], axis=1)
+
+    def work(s0: int, s1: int) -> None:
+        for s in range(s0, s1, step):
+            e = min(s + step, s1)
+            out[s:e] = np.count_nonzero(values[s:e] > threshold[s:e, None], axis=1)
+
+    _run_row_ranges(work, values.shape[0])
     return out
 
 
-def _count_greater_per_column(scores: torch.Tensor, gold: torch.Tensor) -> np.ndarray:
-    """For each column c: number of entries of ``scores[:, c]`` strictly greater than ``gold[c]``."""
+def _count_full_matrix(
+    scores: torch.Tensor, best: torch.Tensor, ir_gold: torch.Tensor, bounds: list[tuple[int, int]], check_finite: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """One pass over a full (N, T) score matrix: TR counts (N, K) against the per-language row golds
+    ``best`` and IR counts (T,) against the column golds ``ir_gold``, each cache-sized row block read once."""
+    num_rows, num_cols = scores.shape
     if scores.device.type != "cpu":
-        return (scores > gold[None, :]).sum(dim=0).cpu().numpy()
-    values, threshold = scores.numpy(), gold.numpy()
-    out = np.zeros(values.shape[1], dtype=np.int64)
-    step = max(1, _CACHE_ELEMENTS // max(1, values.shape[1]))
-    for s in range(0, values.shape[0], step):
-        out += np.count_nonzero(values[s : s + step] > threshold[None, :], axis=0)
-    return out
+        tr = torch.stack([(scores[:, lo:hi] > best[:, k, None]).sum(1) for k, (lo, hi) in enumerate(bounds)], 1)
+        ir = (scores > ir_gold[None, :]).sum(0)
+        if check_finite and not torch.isfinite(scores).all():
+            raise ValueError("scores contains NaN or infinite values")
+        return tr.cpu().numpy(), ir.cpu().numpy()
+    values, row_gold, col_gold = scores.numpy(), best.numpy(), ir_gold.numpy()
+    tr = np.empty((num_rows, len(bounds)), dtype=np.int64)
+    step = max(1, _CACHE_ELEMENTS // max(1, num_cols))
+
+    def work(s0: int, s1: int) -> tuple[np.ndarray, bool]:
+        ir, finite = np.zeros(num_cols, dtype=np.int64), True
+        for s in range(s0, s1, step):
+            e = min(s + step, s1)
+            block = values[s:e]
+            if check_finite:
+                finite &= bool(np.isfinite(block.sum()))
+            for k, (lo, hi) in enumerate(bounds):
+                tr[s:e, k] = np.count_nonzero(block[:, lo:hi] > row_gold[s:e, k, None], axis=1)
+            ir += np.count_nonzero(block > col_gold[None, :], axis=0)
+        return ir, finite
+
+    parts = _run_row_ranges(work, num_rows)
+    if not all(finite for _, finite in parts) and not _all_finite(scores):
+        raise ValueError("scores contains NaN or infinite values")
+    return tr, np.sum([ir for ir, _ in parts], axis=0)
 
 
 def _best_gold(scores: torch.Tensor, start: int, stop: int, index: _TextIndex) -> torch.Tensor:
@@ -208,6 +265,7 @@ def _count_ranks(
     max_block_elements: int,
     top_k: int,
     progress: bool,
+    check_finite: bool = False,
 ) -> RetrievalRanks:
     """Shared by every score source.
 
@@ -227,24 +285,30 @@ def _count_ranks(
 
     if full is not None:
         ir_gold = full[torch.as_tensor(gold_images, device=full.device), torch.arange(num_texts, device=full.device)]
-        rows = chunk_size or max(1, (_CACHE_ELEMENTS * 64) // max(1, num_texts))
-    else:
-        rows = _rows_per_block(num_texts, chunk_size, max_block_elements)
-    starts = range(0, num_images, rows)
-    for start in _progress(starts, len(starts), "TR ranks", progress):
-        stop = min(start + rows, num_images)
-        scores = full[start:stop] if full is not None else image_block(start, stop)
-        best = _best_gold(scores, start, stop, index)
-        for k, (lo, hi) in enumerate(index.bounds):
-            counts = _count_greater_per_row(scores[:, lo:hi], best[:, k].contiguous()) + 1
-            mask = has_caption[start:stop, k]
-            tr[start:stop, k][mask] = counts[mask]
-            if top_k:
-                kk = min(top_k, hi - lo)
-                cand = scores[:, lo:hi].topk(kk, dim=1).indices.cpu().numpy() + lo
-                tr_topk[start:stop, k, :kk] = sorted_to_kept[cand]
-        if full is not None:
-            ir_sorted += _count_greater_per_column(scores, ir_gold)
+        tr_counts, ir_counts = _count_full_matrix(
+            full, _best_gold(full, 0, num_images, index), ir_gold, index.bounds, check_finite
+        )
+        tr[has_caption] = tr_counts[has_caption] + 1
+        ir_sorted += ir_counts
+    if full is None or top_k:
+        rows = _rows_per_block(num_texts, chunk_size, max_block_elements) if full is None else max(
+            1, _CACHE_ELEMENTS // max(1, num_texts)
+        )
+        starts = range(0, num_images, rows)
+        for start in _progress(starts, len(starts), "TR ranks", progress):
+            stop = min(start + rows, num_images)
+            scores = full[start:stop] if full is not None else image_block(start, stop)
+            if full is None:
+                best = _best_gold(scores, start, stop, index)
+            for k, (lo, hi) in enumerate(index.bounds):
+                if full is None:
+                    counts = _count_greater_per_row(scores[:, lo:hi], best[:, k].contiguous()) + 1
+                    mask = has_caption[start:stop, k]
+                    tr[start:stop, k][mask] = counts[mask]
+                if top_k:
+                    kk = min(top_k, hi - lo)
+                    cand = scores[:, lo:hi].topk(kk, dim=1).indices.cpu().numpy() + lo
+                    tr_topk[start:stop, k, :kk] = sorted_to_kept[cand]
 
     ir_topk_sorted = np.full((num_texts, top_k), -1, dtype=np.int64) if top_k else None
     if full is None or top_k:
@@ -340,7 +404,7 @@ def ranks_from_scores(
     """TR and IR ranks from a precomputed (N_images, T) score matrix (e.g. from your own scorer).
 
     Both directions read the one matrix; ``chunk_size`` sets the image rows compared at once."""
-    matrix = _as_float_tensor("scores", scores)
+    matrix = _as_float_tensor("scores", scores, check_finite=False)  # checked while counting
     if matrix.shape[1] != len(text_languages):
         raise ValueError(f"scores has {matrix.shape[1]} columns but there are {len(text_languages)} texts")
     index = _index_texts(text_image_ids, text_languages, matrix.shape[0], languages)
@@ -348,7 +412,9 @@ def ranks_from_scores(
     if not np.array_equal(columns, np.arange(matrix.shape[1])):
         matrix = matrix[:, torch.as_tensor(columns, device=matrix.device)]
     with torch.inference_mode():
-        return _count_ranks(index, matrix.shape[0], matrix, None, None, chunk_size, DEFAULT_BLOCK_ELEMENTS, top_k, False)
+        return _count_ranks(
+            index, matrix.shape[0], matrix, None, None, chunk_size, DEFAULT_BLOCK_ELEMENTS, top_k, False, True
+        )
 
 
 # -------------------------------------------------------------------------------------------- stage 2
@@ -450,11 +516,12 @@ def retrieval_metrics(
         raise ValueError(f"ks must be positive integers, got {ks}")
     recall: dict[str, dict[str, dict[str, float]]] = {"TR": {}, "IR": {}}
     chance: dict[str, dict[str, list[float]]] = {"TR": {f"R@{k}": [] for k in ks}, "IR": {f"R@{k}": [] for k in ks}}
+    codes = _language_codes(ranks.text_languages, ranks.languages)
     for li, lang in enumerate(ranks.languages):
         column = ranks.tr_ranks[:, li]
         has = ~np.isnan(column)
         recall["TR"][lang] = {f"R@{k}": float(100.0 * np.mean(column[has] <= k)) for k in ks}
-        mask = ranks.text_languages == lang
+        mask = codes == li
         recall["IR"][lang] = {f"R@{k}": float(100.0 * np.mean(ranks.ir_ranks[mask] <= k)) for k in ks}
         positives = np.bincount(ranks.text_image_ids[mask], minlength=ranks.num_images)[has]
         for k in ks:
