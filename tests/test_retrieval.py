@@ -363,3 +363,15 @@ def test_report_handles_a_single_language(tmp_path):
     metrics = retrieval_metrics(ranks)
     assert "n/a (one language)" in format_table(metrics)
     assert save_report_plot(metrics, ranks, tmp_path / "r.png").stat().st_size > 0
+
+
+def test_benchmark_quick_runs_and_agrees_with_the_naive_loop():
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_retrieval.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert "identical TR ranks: True, identical IR ranks: True, same MRV: True" in proc.stdout
+    assert lines[-1].startswith("speedup_vs_naive=") and float(lines[-1].split("=")[1]) > 0
