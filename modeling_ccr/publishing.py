@@ -259,6 +259,9 @@ def check_model_folder(path: str | Path) -> list[str]:
         data = _read_json(pre_config, problems)
         if data is not None and isinstance(data.get("auto_map"), dict):
             modules |= _auto_map_modules(data["auto_map"])
+    elif proc_config is not None and not isinstance(proc_config.get("image_processor"), dict):
+        problems.append("image processor settings (an image_processor entry in processor_config.json "
+                        "or a preprocessor_config.json)")
 
     _check_remote_code(folder, modules, problems)
 
@@ -321,13 +324,14 @@ def render_model_card(
     template: str | Path | None = None,
     repo_id: str | None = None,
     revision: str | None = None,
+    training_data: str | None = None,
 ) -> ModelCard:
     """Render the model card (README.md) of a saved model folder from the MODEL_CARD.md template.
 
     Works offline (train.py calls it to write README.md next to the weights). The YAML header carries a
     model-index with Recall@K per language and direction, mean recall and MRV from eval_results.json, so
     the Hub shows them; the body gets the same numbers as a table. `repo_id`/`revision` fill the loading
-    snippet (placeholders when unknown).
+    snippet (placeholders when unknown); `training_data` (markdown) replaces the EmojiCCR description.
     """
     folder = Path(model_dir)
     template = Path(template) if template is not None else DEFAULT_TEMPLATE
@@ -379,6 +383,7 @@ def render_model_card(
         num_fusion_layers=config.get("num_fusion_layers", 0),
         paper=PAPER,
         paper_url=PAPER_URL,
+        training_data=training_data,
     )
 
 

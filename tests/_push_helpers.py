@@ -49,7 +49,8 @@ def write_plain_model_folder(folder: Path) -> Path:
     (folder / "tokenizer.json").write_text(json.dumps({"version": "1.0"}))
     (folder / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 16}))
     (folder / "processor_config.json").write_text(json.dumps(
-        {"auto_map": {"AutoProcessor": "processing_ccr.CCRProcessor"}, "processor_class": "CCRProcessor"}))
+        {"auto_map": {"AutoProcessor": "processing_ccr.CCRProcessor"}, "processor_class": "CCRProcessor",
+         "image_processor": {"image_processor_type": "ViTImageProcessor", "size": {"height": 16, "width": 16}}}))
     (folder / "eval_results.json").write_text(json.dumps(eval_results()))
     (folder / "training_args.bin").write_bytes(b"\x80\x04pickle")
     (folder / "checkpoint-10").mkdir(exist_ok=True)
@@ -129,3 +130,61 @@ def run_push_cli(args: list[str], hub_url: str, home: Path, token: str | None = 
     """Run hub_scripts/push.py as a user would (its own process, HF_ENDPOINT pointing at the fake Hub)."""
     return subprocess.run([sys.executable, str(REPO_ROOT / "hub_scripts" / "push.py"), *args], cwd=REPO_ROOT,
                           env=fresh_env(hub_url, home, token), capture_output=True, text=True, timeout=timeout)
+
+
+CAPTIONS = ["a red apple", "ein roter Apfel", "一个红苹果", "a dog in the park", "ein Hund im Park",
+            "公园里的狗", "a smiling face", "ein lächelndes Gesicht", "笑脸"]
+QUERIES = ["a red apple", "ein Hund im Park", "笑脸", "a smiling dog"]
+IMAGE_CODE = """\
+from PIL import Image
+images = [Image.new("RGB", (40, 36), (200, 30, 30)), Image.new("RGB", (32, 48), (30, 160, 60)),
+          Image.linear_gradient("L").resize((33, 35)).convert("RGB")]
+"""
+
+
+def write_real_model_folder(folder: Path):
+    """A tiny CCRModel + CCRProcessor (tokenizer trained here) saved like hub_scripts/train.py saves one:
+    save_pretrained, eval_results.json, README.md rendered from the template. Returns (model, processor)."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, PreTrainedTokenizerFast, ViTConfig, ViTImageProcessorPil
+
+    from modeling_ccr import CCRConfig, CCRModel, CCRProcessor
+    from modeling_ccr.publishing import render_model_card
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(CAPTIONS, trainer=trainers.WordPieceTrainer(
+        vocab_size=200, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                        sep_token="[SEP]", mask_token="[MASK]", model_max_length=16)
+    small = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 24}
+    config = CCRConfig.from_vision_text_configs(
+        ViTConfig(image_size=16, patch_size=8, **small),
+        BertConfig(vocab_size=len(tokenizer), max_position_embeddings=32, pad_token_id=0, **small),
+        projection_dim=8)
+    torch.manual_seed(0)
+    model = CCRModel(config).eval()
+    processor = CCRProcessor(image_processor=ViTImageProcessorPil(size={"height": 16, "width": 16}),
+                             tokenizer=tokenizer)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    (folder / "eval_results.json").write_text(json.dumps(eval_results()))
+    render_model_card(folder).save(folder / "README.md")
+    return model, processor
+
+
+def embed(model, processor) -> dict[str, list]:
+    """Image and query embeddings of the fixed inputs, as lists (what the fresh process prints)."""
+    import torch
+
+    scope: dict = {}
+    exec(IMAGE_CODE, scope)
+    with torch.no_grad():
+        img = model.get_image_features(processor(images=scope["images"])["pixel_values"])
+        batch = processor(text=QUERIES)
+        txt = model.get_text_features(batch["input_ids"], batch["attention_mask"])
+    return {"image": img.tolist(), "text": txt.tolist()}

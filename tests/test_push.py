@@ -7,6 +7,7 @@ import json
 import re
 import socket
 
+import numpy as np
 import pytest
 from _hub_server import FakeHub
 from _push_helpers import (
@@ -83,13 +84,13 @@ def test_check_model_folder_lists_every_missing_piece(plain_folder):
     (plain_folder / "tokenizer.json").unlink()
     (plain_folder / "eval_results.json").unlink()
     cfg = json.loads((plain_folder / "processor_config.json").read_text())
-    del cfg["auto_map"]
+    del cfg["auto_map"], cfg["image_processor"]
     (plain_folder / "processor_config.json").write_text(json.dumps(cfg))
     missing = check_model_folder(plain_folder)
     text = "\n".join(missing)
-    assert len(missing) == 5, missing
+    assert len(missing) == 6, missing
     for expected in ("model.safetensors", "configuration_ccr.py", "tokenizer.json", "eval_results.json",
-                     "processor_config.json: no auto_map entry for AutoProcessor"):
+                     "processor_config.json: no auto_map entry for AutoProcessor", "image processor settings"):
         assert expected in text
 
 
@@ -291,3 +292,51 @@ def test_metric_published_as_space_computes_with_evaluate_load_in_a_fresh_proces
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     result = json.loads(loaded.stdout.strip().splitlines()[-1])
     assert result["mrv"] == pytest.approx((0 + 2 / 3 + 8 / 3) / 3)
+
+
+# -- end to end: a real model through the Hub ----------------------------------------------------------
+
+FRESH_LOAD = """
+import json, torch
+from transformers import AutoModel, AutoProcessor
+REPO, REVISION, QUERIES = {repo!r}, {revision!r}, {queries!r}
+{image_code}
+model = AutoModel.from_pretrained(REPO, trust_remote_code=True, revision=REVISION).eval()
+processor = AutoProcessor.from_pretrained(REPO, trust_remote_code=True, revision=REVISION)
+with torch.no_grad():
+    img = model.get_image_features(processor(images=images)["pixel_values"])
+    batch = processor(text=QUERIES)
+    txt = model.get_text_features(batch["input_ids"], batch["attention_mask"])
+print(json.dumps({{"classes": [type(model).__name__, type(processor).__name__, type(model).__module__],
+                  "image": img.tolist(), "text": txt.tolist()}}))
+"""
+
+
+def test_model_pushed_by_the_cli_loads_in_a_fresh_process_with_the_same_embeddings(hub, tmp_path):
+    from _push_helpers import IMAGE_CODE, QUERIES, embed, write_real_model_folder
+
+    folder = tmp_path / "ccr-tiny"
+    model, processor = write_real_model_folder(folder)
+    expected = embed(model, processor)
+    assert check_model_folder(folder) == []
+
+    pushed = run_push_cli([str(folder), "--repo-id", "ns/ccr-tiny"], hub.url, tmp_path / "pusher")
+    assert pushed.returncode == 0, pushed.stderr
+    assert TOKEN not in pushed.stdout + pushed.stderr
+    oid = _commit_hash(pushed.stdout)
+    # A later push to main must not change what the pinned revision loads.
+    (folder / "eval_results.json").write_text(json.dumps({**eval_results(), "mean_recall": 1.0}))
+    again = run_push_cli([str(folder), "--repo-id", "ns/ccr-tiny"], hub.url, tmp_path / "pusher")
+    assert again.returncode == 0 and _commit_hash(again.stdout) != oid
+
+    code = FRESH_LOAD.format(repo="ns/ccr-tiny", revision=oid, queries=QUERIES, image_code=IMAGE_CODE)
+    loaded = run_fresh(code, hub.url, tmp_path / "user")
+    assert loaded.returncode == 0, loaded.stderr[-4000:]
+    got = json.loads(loaded.stdout.strip().splitlines()[-1])
+    assert got["classes"][:2] == ["CCRModel", "CCRProcessor"]
+    assert got["classes"][2].startswith("transformers_modules.")  # the repository's code, not this package
+    for key in ("image", "text"):
+        np.testing.assert_allclose(np.array(got[key]), np.array(expected[key]), rtol=1e-4, atol=1e-7)
+        assert np.abs(np.array(expected[key])).max() > 1e-4  # not trivially zero
+    resolved = [r for r in hub.requests if "/resolve/" in r[1]]
+    assert resolved and all(f"/resolve/{oid}/" in r[1] for r in resolved)  # every file from the pinned commit
