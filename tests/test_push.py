@@ -284,10 +284,13 @@ def test_metric_published_as_space_computes_with_evaluate_load_in_a_fresh_proces
     assert space is not None and space.sdk == "gradio"
     files = hub.files("ns/mrv", revision=oid, repo_type="space")
     assert files["ranks_core.py"] == (tmp_path / "metrics" / "shared_core.py").read_bytes()  # content, not a link
-    loaded = run_fresh("""
+    loaded = run_fresh(f"""
         import json, evaluate
-        mrv = evaluate.load("ns/mrv")
-        print(json.dumps(mrv.compute(ranks=[[1, 1, 1], [1, 3, 2], [4, 2, 6]])))
+        latest = evaluate.load("ns/mrv")
+        pinned = evaluate.load("ns/mrv", revision="{oid}")
+        ranks = [[1, 1, 1], [1, 3, 2], [4, 2, 6]]
+        assert latest.compute(ranks=ranks) == pinned.compute(ranks=ranks)
+        print(json.dumps(pinned.compute(ranks=ranks)))
     """, hub.url, tmp_path / "user")
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     result = json.loads(loaded.stdout.strip().splitlines()[-1])
