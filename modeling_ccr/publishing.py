@@ -403,19 +403,20 @@ def plan_model_upload(model_dir: str | Path, card: ModelCard) -> tuple[list[Uplo
     """Files to commit (the rendered card as README.md) and the paths deliberately left out."""
     folder = Path(model_dir)
     files = [UploadFile("README.md", str(card).encode("utf-8"), "model card rendered from MODEL_CARD.md")]
-    skipped = []
+    skipped, checkpoints = [], {}
     for rel, path in _walk(folder):
         top = rel.split("/")[0]
         if rel == "README.md":
-            skipped.append(f"{rel} (replaced by the rendered card)")
-        elif top.startswith("checkpoint-"):
-            skipped.append(f"{rel} (intermediate checkpoint)")
+            skipped.append(f"{rel} (replaced by the card rendered for this repository)")
+        elif top.startswith("checkpoint-") and "/" in rel:
+            checkpoints[top] = checkpoints.get(top, 0) + 1
         elif path.suffix in _PICKLE_SUFFIXES:
             skipped.append(f"{rel} (pickle file: only safetensors are published)")
         elif path.suffix == ".pyc":
             continue
         else:
             files.append(UploadFile(rel, path))
+    skipped += [f"{d}/ (intermediate checkpoint, {n} file{'' if n == 1 else 's'})" for d, n in sorted(checkpoints.items())]
     return files, skipped
 
 

@@ -139,7 +139,7 @@ def test_dry_run_lists_files_and_card_and_contacts_nothing(user_env, plain_folde
     assert sorted(listed) == sorted(["README.md", "config.json", "model.safetensors", "configuration_ccr.py",
                                      "modeling_ccr.py", "processing_ccr.py", "tokenizer.json",
                                      "tokenizer_config.json", "processor_config.json", "eval_results.json"])
-    assert "training_args.bin (pickle file" in out and "checkpoint-10/model.safetensors (intermediate" in out
+    assert "training_args.bin (pickle file" in out and "checkpoint-10/ (intermediate checkpoint, 1 file)" in out
     assert "----- README.md (rendered) -----" in out and "model-index:" in out
     assert user_env.requests == []  # not a single request reached the server
     assert TOKEN not in out + err
