@@ -416,7 +416,8 @@ def plan_model_upload(model_dir: str | Path, card: ModelCard) -> tuple[list[Uplo
             continue
         else:
             files.append(UploadFile(rel, path))
-    skipped += [f"{d}/ (intermediate checkpoint, {n} file{'' if n == 1 else 's'})" for d, n in sorted(checkpoints.items())]
+    skipped += [f"{d}/ (intermediate checkpoint, {n} file{'' if n == 1 else 's'})"
+                for d, n in sorted(checkpoints.items())]
     return files, skipped
 
 
