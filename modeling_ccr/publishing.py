@@ -325,13 +325,16 @@ def render_model_card(
     repo_id: str | None = None,
     revision: str | None = None,
     training_data: str | None = None,
+    model_name: str | None = None,
 ) -> ModelCard:
     """Render the model card (README.md) of a saved model folder from the MODEL_CARD.md template.
 
     Works offline (train.py calls it to write README.md next to the weights). The YAML header carries a
     model-index with Recall@K per language and direction, mean recall and MRV from eval_results.json, so
     the Hub shows them; the body gets the same numbers as a table. `repo_id`/`revision` fill the loading
-    snippet (placeholders when unknown); `training_data` (markdown) replaces the EmojiCCR description.
+    snippet (placeholders when unknown); `training_data` (markdown) replaces the EmojiCCR description;
+    `model_name` defaults to the repo name, else the folder name (pass it when rendering in a staging
+    folder). A `report.png` in the folder is shown under the results.
     """
     folder = Path(model_dir)
     template = Path(template) if template is not None else DEFAULT_TEMPLATE
@@ -345,7 +348,7 @@ def render_model_card(
     if problems:
         raise ValueError(f"cannot render the model card of {folder}: " + "; ".join(problems))
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
-    model_name = (repo_id or folder.resolve().name).split("/")[-1]
+    model_name = model_name or (repo_id or folder.resolve().name).split("/")[-1]
     languages = list(results["languages"])
     card_data = ModelCardData(
         language=languages,
@@ -384,6 +387,7 @@ def render_model_card(
         paper=PAPER,
         paper_url=PAPER_URL,
         training_data=training_data,
+        report_image="report.png" if (folder / "report.png").is_file() else None,
     )
 
 

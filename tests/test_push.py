@@ -124,6 +124,14 @@ def test_model_card_has_model_index_with_recall_per_language_and_mrv(plain_folde
     assert "2406.18254" in text and "{{" not in str(card)
 
 
+def test_model_card_name_and_report_image(plain_folder):
+    assert "![" not in render_model_card(plain_folder).text
+    (plain_folder / "report.png").write_bytes(b"\x89PNG")
+    card = render_model_card(plain_folder, model_name="ccr-emoji")
+    assert card.data.model_name == "ccr-emoji" and card.text.startswith("\n# ccr-emoji")
+    assert "](report.png)" in card.text
+
+
 def test_render_model_card_needs_eval_results(plain_folder):
     (plain_folder / "eval_results.json").write_text(json.dumps({"languages": ["en"], "recall": {}}))
     with pytest.raises(ValueError, match="recall.TR"):
