@@ -1,0 +1,147 @@
+"""Speed of the 1-to-K loss and of a CCRModel training step, each against its plain counterpart, side by side.
+
+(a) 1-to-K loss forward+backward (B images, K captions each, D dims: logits (B, B*K)) against cross-entropy on the
+    same (B x BK) logits computed from the same embeddings: "ce" = torch's cross_entropy over the rows with one
+    target per image (the reference of the ratio), "clip" = the symmetric CLIP loss (rows and columns).
+(b) One training step (forward, backward, AdamW) of CCRModel with 0 fusion layers against transformers'
+    VisionTextDualEncoderModel with identical towers (same weights) and its CLIP loss, on the same batch.
+
+The runs being compared are interleaved, repeated, and summarised by medians (the machine is shared and noisy).
+The last line reads `loss_ratio=<x> train_step_ratio=<y>`: loss_ratio = time(1-to-K) / time(ce), lower is better
+(target <= 1.2); train_step_ratio = throughput(CCRModel) / throughput(VisionTextDualEncoderModel), higher is
+better (target >= 0.95).
+
+    python benchmarks/bench_model.py            # full run
+    python benchmarks/bench_model.py --quick    # a few seconds, for tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+from transformers import BertConfig, BertModel, VisionTextDualEncoderModel, ViTConfig, ViTModel  # noqa: E402
+
+from modeling_ccr import CCRModel, one_to_k_contrastive_loss  # noqa: E402
+from modeling_ccr.configuration_ccr import CCRConfig  # noqa: E402
+
+
+def interleaved_medians(fns: dict[str, Callable[[], None]], repeats: int, inner: int, warmup: int, desc: str):
+    """Run every fn `warmup` times, then `repeats` rounds of `inner` calls each, alternating between fns."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in tqdm(range(repeats), desc=desc, leave=False):
+        order = names if r % 2 == 0 else names[::-1]  # alternate who goes first
+        for name in order:
+            start = time.perf_counter()
+            for _ in range(inner):
+                fns[name]()
+            times[name].append((time.perf_counter() - start) / inner)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def bench_loss(B: int, K: int, D: int, repeats: int, inner: int) -> dict[str, float]:
+    g = torch.Generator().manual_seed(0)
+    image = F.normalize(torch.randn(B, D, generator=g), dim=-1).requires_grad_(True)
+    text = F.normalize(torch.randn(B * K, D, generator=g), dim=-1).requires_grad_(True)
+    text_image_ids = torch.arange(B).repeat_interleave(K)
+    first_caption = torch.arange(B) * K
+    tau = torch.tensor(0.07, requires_grad=True)
+
+    def one_to_k():
+        one_to_k_contrastive_loss(image, text, text_image_ids, tau).backward()
+
+    def ce():
+        logits = image @ text.t() / tau  # (B, BK)
+        F.cross_entropy(logits, first_caption).backward()
+
+    def clip():
+        logits = image @ text.t() / tau
+        ((F.cross_entropy(logits, first_caption) + F.cross_entropy(logits.t(), text_image_ids)) / 2).backward()
+
+    return interleaved_medians({"1-to-K": one_to_k, "ce": ce, "clip": clip}, repeats, inner, 5, "loss")
+
+
+def build_towers(quick: bool):
+    size = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+    if not quick:
+        size = dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=4, intermediate_size=768)
+    vision = ViTConfig(image_size=64 if quick else 96, patch_size=16, **size)
+    text = BertConfig(vocab_size=1000, max_position_embeddings=64, **size)
+    torch.manual_seed(0)
+    return ViTModel(vision), BertModel(text)
+
+
+def bench_train_step(batch_size: int, seq_len: int, quick: bool, repeats: int, inner: int) -> dict[str, float]:
+    vit, bert = build_towers(quick)
+    ccr_config = CCRConfig.from_vision_text_configs(vit.config, bert.config, projection_dim=128, num_fusion_layers=0)
+    ccr = CCRModel(ccr_config, vision_model=copy.deepcopy(vit), text_model=copy.deepcopy(bert)).train()
+    vtde = VisionTextDualEncoderModel(vision_model=copy.deepcopy(vit), text_model=copy.deepcopy(bert)).train()
+    g = torch.Generator().manual_seed(1)
+    image_size = vit.config.image_size
+    batch = {
+        "pixel_values": torch.randn(batch_size, 3, image_size, image_size, generator=g),
+        "input_ids": torch.randint(5, 1000, (batch_size, seq_len), generator=g),
+        "attention_mask": torch.ones(batch_size, seq_len, dtype=torch.long),
+    }
+    text_image_ids = torch.arange(batch_size)
+    opt_ccr = torch.optim.AdamW(ccr.parameters(), lr=1e-5)
+    opt_vtde = torch.optim.AdamW(vtde.parameters(), lr=1e-5)
+
+    def step_ccr():
+        loss = ccr(**batch, text_image_ids=text_image_ids, return_loss=True).loss
+        opt_ccr.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_ccr.step()
+
+    def step_vtde():
+        loss = vtde(**batch, return_loss=True).loss
+        opt_vtde.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_vtde.step()
+
+    return interleaved_medians({"CCRModel": step_ccr, "VisionTextDualEncoderModel": step_vtde}, repeats, inner, 2, "train step")
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (a few seconds)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for both sides")
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    B, K, D = (32, 6, 64) if args.quick else (128, 6, 256)
+    repeats = args.repeats or (3 if args.quick else 21)
+    loss_times = bench_loss(B, K, D, repeats, inner=2 if args.quick else 10)
+    print(f"(a) loss fwd+bwd, B={B} K={K} D={D} logits {B}x{B * K}, threads={args.threads}, median of {repeats}:")
+    for name, seconds in loss_times.items():
+        print(f"    {name:>8}: {seconds * 1e3:8.3f} ms")
+    loss_ratio = loss_times["1-to-K"] / loss_times["ce"]
+    print(f"    1-to-K / ce = {loss_ratio:.3f}   1-to-K / clip = {loss_times['1-to-K'] / loss_times['clip']:.3f}")
+
+    batch_size, seq_len = (8, 16) if args.quick else (32, 32)
+    step_times = bench_train_step(batch_size, seq_len, args.quick, repeats, inner=1 if args.quick else 2)
+    print(f"(b) train step (fwd+bwd+AdamW), ViT+BERT, batch {batch_size}, seq {seq_len}, median of {repeats}:")
+    for name, seconds in step_times.items():
+        print(f"    {name:>27}: {seconds * 1e3:8.2f} ms/step  {batch_size / seconds:8.1f} pairs/s")
+    train_step_ratio = step_times["VisionTextDualEncoderModel"] / step_times["CCRModel"]
+    print(f"loss_ratio={loss_ratio:.3f} train_step_ratio={train_step_ratio:.3f}")
+    return {"loss_ratio": loss_ratio, "train_step_ratio": train_step_ratio}
+
+
+if __name__ == "__main__":
+    main()

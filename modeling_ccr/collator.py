@@ -1,0 +1,171 @@
+"""Turns rows of the canonical dataset (image + list of {language, text}) into model inputs.
+
+Training batches sample, per image and per language, ``captions_per_language`` of that language's
+captions (images simply lack the languages they have no caption in). Evaluation batches keep every
+caption and lay them out per image, ``(B, max_texts, ...)``, so that Trainer's gather across processes
+keeps texts and images aligned.
+
+Random choices use torch's global generator, which ``Trainer`` seeds and restores on resume, so a
+resumed run draws the same captions and masks as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .processing_ccr import CCRProcessor
+
+IGNORE_INDEX = -100
+
+
+def _caption_records(feature: dict[str, Any], row: int) -> list[dict[str, str]]:
+    captions = feature.get("captions")
+    image_id = feature.get("image_id", row)
+    if not captions:
+        raise ValueError(f"image {image_id!r} has no caption; every image needs at least one")
+    for caption in captions:
+        if not isinstance(caption, dict) or "language" not in caption or "text" not in caption:
+            raise ValueError(f"image {image_id!r}: a caption must be a {{'language', 'text'}} record, got {caption!r}")
+        if not isinstance(caption["text"], str) or not caption["text"].strip():
+            raise ValueError(f"image {image_id!r}: empty caption text in language {caption['language']!r}")
+    return captions
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    special_tokens_mask: torch.Tensor,
+    mask_token_id: int,
+    vocab_size: int,
+    mlm_probability: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: of the chosen tokens, 80% become [MASK], 10% a random token, 10% stay.
+
+    Returns ``(masked_input_ids, labels)`` with ``labels == -100`` where no prediction is made.
+    """
+    labels = input_ids.clone()
+    probability = torch.full(labels.shape, mlm_probability)
+    probability.masked_fill_(special_tokens_mask.bool(), 0.0)
+    masked = torch.bernoulli(probability).bool()
+    labels[~masked] = IGNORE_INDEX
+    masked_input_ids = input_ids.clone()
+    replace = torch.bernoulli(torch.full(labels.shape, 0.8)).bool() & masked
+    masked_input_ids[replace] = mask_token_id
+    randomise = torch.bernoulli(torch.full(labels.shape, 0.5)).bool() & masked & ~replace
+    masked_input_ids[randomise] = torch.randint(vocab_size, labels.shape)[randomise]
+    return masked_input_ids, labels
+
+
+@dataclass
+class CCRCollator:
+    """Collates canonical rows for ``CCRModel``.
+
+    Args:
+        processor: the model's ``CCRProcessor``.
+        languages: the language codes the model knows; ``text_language_ids`` index into this list and a
+            caption in any other language is an error.
+        captions_per_language: captions sampled per image and language at each training step.
+        mlm_probability: masking rate for CMLM; 0 disables ``mlm_input_ids``/``mlm_labels``.
+        for_evaluation: keep every caption, laid out per image (see module docstring).
+        max_texts_per_image: width of the evaluation layout (defaults to the widest image of the batch).
+    """
+
+    processor: CCRProcessor
+    languages: Sequence[str]
+    captions_per_language: int = 1
+    mlm_probability: float = 0.0
+    for_evaluation: bool = False
+    max_texts_per_image: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.languages:
+            raise ValueError("CCRCollator needs the list of languages")
+        if self.captions_per_language < 1:
+            raise ValueError(f"captions_per_language must be >= 1, got {self.captions_per_language}")
+        if not 0.0 <= self.mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must be in [0, 1), got {self.mlm_probability}")
+        self.language_index = {language: index for index, language in enumerate(self.languages)}
+
+    def _language_id(self, language: str, image_id: Any) -> int:
+        if language not in self.language_index:
+            raise ValueError(
+                f"image {image_id!r} has a caption in language {language!r}, which is not among the model's "
+                f"languages {list(self.languages)}"
+            )
+        return self.language_index[language]
+
+    def _sample(self, captions: list[dict[str, str]], image_id: Any) -> list[dict[str, str]]:
+        """Up to ``captions_per_language`` captions of each language, drawn without replacement."""
+        by_language: dict[str, list[dict[str, str]]] = {}
+        for caption in captions:
+            by_language.setdefault(caption["language"], []).append(caption)
+        chosen = []
+        for language in sorted(by_language, key=lambda lang: self._language_id(lang, image_id)):
+            pool = by_language[language]
+            if len(pool) > self.captions_per_language:
+                order = torch.randperm(len(pool))[: self.captions_per_language].tolist()
+                pool = [pool[index] for index in sorted(order)]
+            chosen.extend(pool)
+        return chosen
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("cannot collate an empty batch")
+        images, groups = [], []
+        for row, feature in enumerate(features):
+            captions = _caption_records(feature, row)
+            image_id = feature.get("image_id", row)
+            if not self.for_evaluation:
+                captions = self._sample(captions, image_id)
+            for caption in captions:
+                self._language_id(caption["language"], image_id)
+            images.append(feature["image"])
+            groups.append(captions)
+
+        encoded = self.processor(images=images, captions=[[c["text"] for c in group] for group in groups])
+        batch = dict(encoded)
+        language_ids = torch.tensor(
+            [self.language_index[c["language"]] for group in groups for c in group], dtype=torch.long
+        )
+        if self.for_evaluation:
+            return self._evaluation_layout(batch, language_ids)
+        batch["text_language_ids"] = language_ids
+        if self.mlm_probability > 0:
+            batch["mlm_input_ids"], batch["mlm_labels"] = self._mask(batch["input_ids"])
+        return batch
+
+    def _mask(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokenizer = self.processor.tokenizer
+        if tokenizer.mask_token_id is None:
+            raise ValueError("MLM needs a tokenizer with a mask token")
+        special = torch.tensor(
+            [tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True) for ids in input_ids.tolist()],
+            dtype=torch.bool,
+        )
+        return mask_tokens(input_ids, special, tokenizer.mask_token_id, len(tokenizer), self.mlm_probability)
+
+    def _evaluation_layout(self, batch: dict[str, torch.Tensor], language_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Regroup the flat texts of the batch as ``(B, width, L)`` with language id -100 for padding."""
+        text_image_ids = batch.pop("text_image_ids")
+        num_images = batch["pixel_values"].shape[0]
+        counts = torch.bincount(text_image_ids, minlength=num_images)
+        width = self.max_texts_per_image or int(counts.max())
+        if int(counts.max()) > width:
+            raise ValueError(f"an image has {int(counts.max())} captions, more than max_texts_per_image={width}")
+        slot = torch.arange(len(text_image_ids)) - torch.cumsum(counts, 0)[text_image_ids] + counts[text_image_ids]
+        length = batch["input_ids"].shape[1]
+        input_ids = torch.full((num_images, width, length), self.processor.tokenizer.pad_token_id or 0)
+        attention_mask = torch.zeros((num_images, width, length), dtype=batch["attention_mask"].dtype)
+        layout_languages = torch.full((num_images, width), IGNORE_INDEX, dtype=torch.long)
+        input_ids[text_image_ids, slot] = batch["input_ids"]
+        attention_mask[text_image_ids, slot] = batch["attention_mask"]
+        layout_languages[text_image_ids, slot] = language_ids
+        return {
+            "pixel_values": batch["pixel_values"],
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "text_language_ids": layout_languages,
+        }

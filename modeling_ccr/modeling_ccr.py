@@ -1,0 +1,737 @@
+"""CCR model with the 1-to-K contrastive objective (Nie et al., KDD 2024, arXiv 2406.18254).
+
+Remote code: this file is what the Hub serves for `trust_remote_code`; it imports only torch, transformers
+(public names) and its sibling `configuration_ccr.py`.
+"""
+
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_ccr import CCRConfig
+
+# --------------------------------------------------------------------------------------------------------------------
+# The 1-to-K contrastive loss: one implementation, used by the model and by everything else.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _check_contrastive_inputs(B: int, T: int, text_image_ids: torch.Tensor) -> None:
+    if not isinstance(text_image_ids, torch.Tensor):
+        raise TypeError(f"text_image_ids must be a torch.Tensor, got {type(text_image_ids).__name__}")
+    if text_image_ids.dtype.is_floating_point or text_image_ids.dtype == torch.bool:
+        raise TypeError(f"text_image_ids must be an integer (long) tensor, got {text_image_ids.dtype}")
+    if text_image_ids.dim() != 1 or text_image_ids.shape[0] != T:
+        raise ValueError(f"text_image_ids must have shape ({T},) (one image index per text), got {tuple(text_image_ids.shape)}")
+    if T == 0 or B == 0:
+        raise ValueError(f"the contrastive loss needs at least one image and one text, got B={B}, T={T}")
+    if bool(((text_image_ids < 0) | (text_image_ids >= B)).any()):
+        raise ValueError(f"text_image_ids must lie in [0, {B}) (indices of the batch's images)")
+
+
+def one_to_k_loss_from_logits(
+    logits_per_image: torch.Tensor, text_image_ids: torch.Tensor, divide_by_k: bool = False
+) -> torch.Tensor:
+    """1-to-K ITC loss from precomputed logits `s_ij = v_i . t_j / tau` of shape (B, T).
+
+    Same formula as :func:`one_to_k_contrastive_loss` (which calls this); the model uses it to reuse its logits.
+    """
+    if logits_per_image.dim() != 2:
+        raise ValueError(f"logits_per_image must be (B, T), got shape {tuple(logits_per_image.shape)}")
+    B, T = logits_per_image.shape
+    _check_contrastive_inputs(B, T, text_image_ids)
+    ids = text_image_ids.long()
+    cols = torch.arange(T, device=logits_per_image.device)
+    counts = torch.bincount(ids, minlength=B)  # |P_i|
+    n_valid = (counts > 0).sum()  # images with >= 1 text: the only ones L_i2t averages over
+    # log p(j | i) over all texts of the batch (all languages), read at each text's own image.
+    logp_i2t = logits_per_image.log_softmax(dim=1)[ids, cols]  # (T,)
+    # log p(i | j) over all images, read at each text's own image.
+    logp_t2i = logits_per_image.log_softmax(dim=0)[ids, cols]  # (T,)
+    loss_t2i = -logp_t2i.mean()
+    if divide_by_k:
+        k = counts.max().to(logits_per_image.dtype)
+        loss_i2t = -logp_i2t.sum() / n_valid
+        return (loss_i2t + loss_t2i) / (2.0 * k)
+    weights = counts[ids].to(logits_per_image.dtype).reciprocal()  # 1 / |P_o(j)|
+    loss_i2t = -(logp_i2t * weights).sum() / n_valid
+    return (loss_i2t + loss_t2i) / 2.0
+
+
+def one_to_k_contrastive_loss(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    text_image_ids: torch.Tensor,
+    temperature: torch.Tensor | float,
+    divide_by_k: bool = False,
+) -> torch.Tensor:
+    r"""1-to-K image-text contrastive loss (paper's formula, shared/DESIGN.md).
+
+    With `s_ij = v_i . t_j / tau`, `o(j)` the image of text j and `P_i = {j : o(j) = i}`:
+
+        L_i2t = mean_{i : |P_i| > 0} [ -(1/|P_i|) sum_{j in P_i} log softmax_j'(s_ij')_j ]
+        L_t2i = mean_j [ -log softmax_i'(s_i'j)_o(j) ]
+        L     = (L_i2t + L_t2i) / 2
+
+    Each image is contrasted against all texts of the batch in all languages in one softmax, its own captions
+    being the positives; images may have different numbers of captions (missing languages are simply absent) and
+    images without any text are left out of L_i2t (they still act as negatives in L_t2i).
+
+    `divide_by_k=True` reproduces the authors' released code: the sum over positives (not the mean) and the whole
+    loss divided by K = the largest number of captions of one image in the batch,
+    `L = (mean_i [-sum_{j in P_i} log p_ij] + L_t2i) / (2K)`; with equal K per image L_i2t is unchanged and
+    L_t2i is scaled by 1/K.
+
+    Args:
+        image_embeds: (B, D) L2-normalised image embeddings.
+        text_embeds: (T, D) L2-normalised text embeddings.
+        text_image_ids: (T,) long, index in [0, B) of each text's image.
+        temperature: scalar tau (tensor or float), logits are cosine / tau.
+        divide_by_k: use the authors' code normalisation instead of the paper's.
+    Returns:
+        The scalar loss.
+    """
+    if image_embeds.dim() != 2 or text_embeds.dim() != 2:
+        raise ValueError(
+            f"image_embeds must be (B, D) and text_embeds (T, D), got {tuple(image_embeds.shape)} and "
+            f"{tuple(text_embeds.shape)}"
+        )
+    if image_embeds.shape[1] != text_embeds.shape[1]:
+        raise ValueError(f"embedding sizes differ: images {image_embeds.shape[1]}, texts {text_embeds.shape[1]}")
+    logits_per_image = image_embeds @ text_embeds.t() / temperature
+    return one_to_k_loss_from_logits(logits_per_image, text_image_ids, divide_by_k=divide_by_k)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# All-gather with gradients, for the contrastive loss across processes.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums the gradient of every process and returns this rank's slice.
+
+    Works on every backend (gloo, nccl) since it only needs all_gather and all_reduce.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, group: Any) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.group = group
+        ctx.rank = dist.get_rank(group=group)
+        tensor = tensor.contiguous()
+        out = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group=group))]
+        dist.all_gather(out, tensor, group=group)
+        return torch.stack(out)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        import torch.distributed as dist
+
+        grad = grad_output.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad[ctx.rank], None
+
+
+def _distributed_world_size(group: Any = None) -> int:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group=group)
+
+
+def gather_for_contrastive(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    text_image_ids: torch.Tensor,
+    group: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gather image/text embeddings of all processes, with gradients, for a global 1-to-K loss.
+
+    Each process may hold a different number of images and texts: both are padded to the largest count, gathered,
+    and the padding rows are dropped again with the gathered sizes (the mask). `text_image_ids` are offset to
+    global image indices (process r's images come after those of processes 0..r-1). Every process then computes
+    the loss of the global batch, like open_clip's `gather_with_grad=True, local_loss=False`: the backward sums each
+    process's gradient into the owner's slice, so with DDP's gradient averaging the update is that of one big batch.
+
+    Returns the inputs unchanged when torch.distributed is not initialised or has one process.
+    """
+    if _distributed_world_size(group) <= 1:
+        return image_embeds, text_embeds, text_image_ids
+    import torch.distributed as dist
+
+    world = dist.get_world_size(group=group)
+    device = image_embeds.device
+    n_img, n_txt = image_embeds.shape[0], text_embeds.shape[0]
+    sizes = torch.tensor([n_img, n_txt], dtype=torch.long, device=device)
+    all_sizes = [torch.empty_like(sizes) for _ in range(world)]
+    dist.all_gather(all_sizes, sizes, group=group)
+    all_sizes = torch.stack(all_sizes).tolist()
+    max_img = max(s[0] for s in all_sizes)
+    max_txt = max(s[1] for s in all_sizes)
+
+    img_pad = F.pad(image_embeds, (0, 0, 0, max_img - n_img))
+    txt_pad = F.pad(text_embeds, (0, 0, 0, max_txt - n_txt))
+    ids_pad = F.pad(text_image_ids.long(), (0, max_txt - n_txt), value=-1)
+    all_img = _AllGatherWithGrad.apply(img_pad, group)  # (W, max_img, D)
+    all_txt = _AllGatherWithGrad.apply(txt_pad, group)  # (W, max_txt, D)
+    all_ids = [torch.empty_like(ids_pad) for _ in range(world)]
+    dist.all_gather(all_ids, ids_pad, group=group)
+
+    rows = torch.arange(max(max_img, max_txt), device=device)
+    img_mask = torch.stack([rows[:max_img] < s[0] for s in all_sizes])  # (W, max_img) True = real row
+    txt_mask = torch.stack([rows[:max_txt] < s[1] for s in all_sizes])
+    offsets = torch.tensor([0] + [s[0] for s in all_sizes[:-1]], device=device).cumsum(0)
+    ids = torch.stack(all_ids) + offsets[:, None]
+    return all_img[img_mask], all_txt[txt_mask], ids[txt_mask]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Output, fusion encoder, heads.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CCROutput(ModelOutput):
+    """Output of [`CCRModel`], modelled on `CLIPOutput` with the per-objective losses.
+
+    loss: weighted sum of the objectives (when `return_loss`). loss_itc / loss_itm / loss_mlm: the 1-to-K ITC,
+    MITM and CMLM losses (None when not computed). logits_per_image (B, T) / logits_per_text (T, B): cosine / tau
+    on this process's batch. image_embeds (B, D) / text_embeds (T, D): L2-normalised projected embeddings.
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_itc: torch.FloatTensor | None = None
+    loss_itm: torch.FloatTensor | None = None
+    loss_mlm: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_model_output: Any = None
+    vision_model_output: Any = None
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+
+class CCRAttention(nn.Module):
+    """Multi-head attention (self or cross) on scaled_dot_product_attention; plain Linear layers for HF init."""
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"fusion hidden size {hidden_size} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.k_proj = nn.Linear(hidden_size, hidden_size)
+        self.v_proj = nn.Linear(hidden_size, hidden_size)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        n, length, _ = x.shape
+        return x.view(n, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(context)), self._split(self.v_proj(context))
+        attn_mask = None if key_mask is None else key_mask[:, None, None, :].bool()  # True = attend
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        n, _, length, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(n, length, -1))
+
+
+class CCRFusionLayer(nn.Module):
+    """BERT-style post-LN block: text self-attention, cross-attention over image tokens, feed-forward."""
+
+    def __init__(self, hidden_size: int, num_heads: int, intermediate_size: int, dropout: float, eps: float):
+        super().__init__()
+        self.self_attn = CCRAttention(hidden_size, num_heads, dropout)
+        self.self_attn_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.cross_attn = CCRAttention(hidden_size, num_heads, dropout)
+        self.cross_attn_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.ffn_in = nn.Linear(hidden_size, intermediate_size)
+        self.ffn_out = nn.Linear(intermediate_size, hidden_size)
+        self.ffn_norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, text: torch.Tensor, text_mask: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        text = self.self_attn_norm(text + self.dropout(self.self_attn(text, text, text_mask)))
+        text = self.cross_attn_norm(text + self.dropout(self.cross_attn(text, image_tokens)))
+        return self.ffn_norm(text + self.dropout(self.ffn_out(F.gelu(self.ffn_in(text)))))
+
+
+class CCRMLMHead(nn.Module):
+    def __init__(self, hidden_size: int, vocab_size: int, eps: float):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size, eps=eps)
+        self.decoder = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(F.gelu(self.dense(hidden))))
+
+
+def _hidden_size(config: Any) -> int:
+    size = getattr(config, "hidden_size", None)
+    if size is None and getattr(config, "hidden_sizes", None):
+        size = config.hidden_sizes[-1]  # conv nets (ResNet, ConvNeXt)
+    if size is None:
+        raise ValueError(f"cannot tell the hidden size of a {type(config).__name__} tower")
+    return int(size)
+
+
+def _build_tower(config: Any, keep_pooler: bool) -> PreTrainedModel:
+    """AutoModel from a config; drop the pooler when it is unused (unused parameters break DDP)."""
+    if not keep_pooler:
+        try:
+            return AutoModel.from_config(config, add_pooling_layer=False)
+        except TypeError:
+            pass
+    return AutoModel.from_config(config)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The model.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class CCRModel(PreTrainedModel):
+    r"""Dual encoder (any vision tower + any text tower, like `VisionTextDualEncoderModel`) trained with 1-to-K
+    contrastive learning, plus an optional fusion encoder with ITM and MLM heads (MITM and CMLM objectives).
+
+    `get_image_features` / `get_text_features` return projected, *unnormalised* embeddings as plain tensors (the
+    CLIP 4.x behaviour; transformers 5's CLIP returns a `BaseModelOutputWithPooling` instead).
+    """
+
+    config_class = CCRConfig
+    config: CCRConfig
+    base_model_prefix = "ccr"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+
+    def __init__(
+        self,
+        config: CCRConfig | None = None,
+        vision_model: PreTrainedModel | None = None,
+        text_model: PreTrainedModel | None = None,
+    ):
+        if config is None:
+            if vision_model is None or text_model is None:
+                raise ValueError("CCRModel needs either a config or both a vision_model and a text_model")
+            config = CCRConfig.from_vision_text_configs(vision_model.config, text_model.config)
+        # Duck-typed: remote-code loading may hold CCRConfig from another copy of configuration_ccr.py.
+        if getattr(config, "model_type", None) != CCRConfig.model_type:
+            raise TypeError(f"config must be a CCRConfig, got {type(config).__name__}")
+        super().__init__(config)
+
+        if vision_model is None:
+            vision_model = _build_tower(config.vision_config, keep_pooler=config.vision_pooling in ("auto", "pooler"))
+        if text_model is None:
+            text_model = _build_tower(config.text_config, keep_pooler=config.text_pooling == "pooler")
+        self.vision_model = vision_model
+        self.text_model = text_model
+        # The towers share the composite config's sub-configs, so later changes (attention implementation) sync.
+        self.config.vision_config._attn_implementation = self.vision_model.config._attn_implementation
+        self.config.text_config._attn_implementation = self.text_model.config._attn_implementation
+        self.vision_model.config = self.config.vision_config
+        self.text_model.config = self.config.text_config
+
+        self.vision_embed_dim = _hidden_size(config.vision_config)
+        self.text_embed_dim = _hidden_size(config.text_config)
+        self.visual_projection = nn.Linear(self.vision_embed_dim, config.projection_dim, bias=False)
+        self.text_projection = nn.Linear(self.text_embed_dim, config.projection_dim, bias=False)
+        self.tau = nn.Parameter(torch.tensor(float(config.tau_init)))
+
+        if config.num_fusion_layers > 0:
+            hidden = self.text_embed_dim
+            heads = config.fusion_num_attention_heads or getattr(config.text_config, "num_attention_heads", 8)
+            inter = config.fusion_intermediate_size or 4 * hidden
+            dropout = float(getattr(config.text_config, "hidden_dropout_prob", 0.1) or 0.0)
+            eps = float(getattr(config.text_config, "layer_norm_eps", 1e-12) or 1e-12)
+            self.image_token_projection = nn.Linear(self.vision_embed_dim, hidden)
+            self.image_token_norm = nn.LayerNorm(hidden, eps=eps)
+            self.fusion_layers = nn.ModuleList(
+                [CCRFusionLayer(hidden, heads, inter, dropout, eps) for _ in range(config.num_fusion_layers)]
+            )
+            self.itm_head = nn.Linear(hidden, 2)
+            self.mlm_head = CCRMLMHead(hidden, int(config.text_config.vocab_size), eps)
+
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, CCRModel):
+            from transformers import initialization as init
+
+            init.constant_(module.tau, float(self.config.tau_init))
+
+    # ---------------------------------------------------------------- encoders
+    @property
+    def temperature(self) -> torch.Tensor:
+        """The contrastive temperature tau, clamped to [tau_min, tau_max]."""
+        return self.tau.clamp(self.config.tau_min, self.config.tau_max)
+
+    def _pool_vision(self, outputs: Any) -> torch.Tensor:
+        mode = self.config.vision_pooling
+        if mode in ("auto", "pooler"):
+            pooled = getattr(outputs, "pooler_output", None)
+            if pooled is not None:
+                return pooled.flatten(1)  # conv towers give (B, C, 1, 1)
+            if mode == "pooler":
+                raise ValueError("vision_pooling='pooler' but the vision tower returns no pooler_output")
+        hidden = outputs.last_hidden_state
+        if hidden.dim() == 4:  # (B, C, H, W) feature map: no CLS token
+            return hidden.mean(dim=(2, 3))
+        return hidden[:, 0] if mode == "cls" else hidden.mean(dim=1)
+
+    def _pool_text(self, outputs: Any, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        mode = self.config.text_pooling
+        if mode == "pooler":
+            if getattr(outputs, "pooler_output", None) is None:
+                raise ValueError("text_pooling='pooler' but the text tower returns no pooler_output")
+            return outputs.pooler_output
+        hidden = outputs.last_hidden_state
+        if mode == "cls":
+            return hidden[:, 0]
+        if attention_mask is None:
+            return hidden.mean(dim=1)
+        mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def _run_text(self, input_ids, attention_mask, token_type_ids=None):
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        return self.text_model(**kwargs)
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected, unnormalised image embeddings (B, projection_dim)."""
+        return self.visual_projection(self._pool_vision(self.vision_model(pixel_values=pixel_values)))
+
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Projected, unnormalised text embeddings (T, projection_dim)."""
+        outputs = self._run_text(input_ids, attention_mask, token_type_ids)
+        return self.text_projection(self._pool_text(outputs, attention_mask))
+
+    # ---------------------------------------------------------------- fusion (stage 2)
+    def _require_fusion(self) -> None:
+        if self.config.num_fusion_layers <= 0:
+            raise ValueError("this model has no fusion encoder (config.num_fusion_layers == 0): no ITM / MLM")
+
+    def _image_tokens_from_outputs(self, vision_outputs: Any) -> torch.Tensor:
+        hidden = vision_outputs.last_hidden_state
+        if hidden.dim() == 4:
+            hidden = hidden.flatten(2).transpose(1, 2)
+        return self.image_token_norm(self.image_token_projection(hidden))
+
+    def get_image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Image tokens (B, N, H) that the fusion encoder cross-attends to (H = text hidden size)."""
+        self._require_fusion()
+        return self._image_tokens_from_outputs(self.vision_model(pixel_values=pixel_values))
+
+    def _fuse(self, text_hidden: torch.Tensor, text_mask: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        for layer in self.fusion_layers:
+            text_hidden = layer(text_hidden, text_mask, image_tokens)
+        return text_hidden
+
+    def itm_scores(
+        self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Match logits (P,) for P (image, text) pairs: image_tokens (P, N, H), input_ids/attention_mask (P, L).
+
+        The logit is log p(match) - log p(no match) of the ITM head, so higher means a better match.
+        """
+        self._require_fusion()
+        if image_tokens.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"need one image per text: {image_tokens.shape[0]} images, {input_ids.shape[0]} texts")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        text_hidden = self._run_text(input_ids, attention_mask).last_hidden_state
+        logits = self.itm_head(self._fuse(text_hidden, attention_mask, image_tokens)[:, 0])
+        return logits[:, 1] - logits[:, 0]
+
+    # ---------------------------------------------------------------- objectives
+    def _mask_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """BERT masking (80% [MASK], 10% random, 10% kept) of the real tokens, never the first and last one."""
+        if self.config.mask_token_id is None:
+            raise ValueError(
+                "CMLM needs masked texts: pass mlm_input_ids/mlm_labels, or set config.mask_token_id "
+                "(e.g. tokenizer.mask_token_id), or set mlm_weight=0"
+            )
+        mask = attention_mask.bool().clone()
+        mask[:, 0] = False
+        last = attention_mask.long().sum(1) - 1  # [SEP] / </s>
+        mask[torch.arange(mask.shape[0], device=mask.device), last.clamp(min=0)] = False
+        chosen = mask & (torch.rand(mask.shape, device=mask.device) < self.config.mlm_probability)
+        labels = input_ids.masked_fill(~chosen, -100)
+        masked = input_ids.clone()
+        replace = chosen & (torch.rand(mask.shape, device=mask.device) < 0.8)
+        masked[replace] = int(self.config.mask_token_id)
+        randomise = chosen & ~replace & (torch.rand(mask.shape, device=mask.device) < 0.5)
+        vocab = int(self.config.text_config.vocab_size)
+        masked[randomise] = torch.randint(vocab, (int(randomise.sum()),), device=mask.device)
+        return masked, labels
+
+    @staticmethod
+    def _sample(weights_logits: torch.Tensor) -> torch.Tensor:
+        """One index per row, sampled with softmax(weights_logits) (entries at -inf are never drawn)."""
+        probs = weights_logits.float().softmax(dim=1)
+        return torch.multinomial(probs, 1).squeeze(1)
+
+    def _mitm_cmlm(
+        self,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        text_image_ids: torch.Tensor,
+        image_tokens: torch.Tensor,
+        text_hidden: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        mlm_input_ids: torch.Tensor | None,
+        mlm_labels: torch.Tensor | None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """MITM (hardest positive among an image's languages, hard negatives over all languages) and CMLM.
+
+        Negatives are sampled within this process's batch (as ALBEF / X-VLM do), not across processes.
+        """
+        B = image_embeds.shape[0]
+        device = image_embeds.device
+        ids = text_image_ids.long()
+        with torch.no_grad():
+            sim = (image_embeds @ text_embeds.t()) / self.temperature  # (B, T)
+            positive = ids[None, :] == torch.arange(B, device=device)[:, None]
+            images = torch.nonzero(positive.any(dim=1)).squeeze(1)  # images with >= 1 text
+            neg_inf = torch.finfo(sim.dtype).min
+            # Hardest positive: the image's least similar caption is the most likely draw.
+            pos_text = self._sample((-sim).masked_fill(~positive, neg_inf)[images])
+        loss_itm = None
+        if self.config.itm_weight > 0 and images.numel() >= 2:
+            with torch.no_grad():
+                neg_text = self._sample(sim.masked_fill(positive, neg_inf)[images])  # all languages
+                sim_t2i = sim[:, pos_text].t().clone()  # (B', B)
+                sim_t2i[torch.arange(images.numel(), device=device), images] = neg_inf
+                neg_image = self._sample(sim_t2i)
+            img_idx = torch.cat([images, images, neg_image])
+            txt_idx = torch.cat([pos_text, neg_text, pos_text])
+            fused = self._fuse(text_hidden[txt_idx], attention_mask[txt_idx], image_tokens[img_idx])
+            labels = torch.zeros(img_idx.numel(), dtype=torch.long, device=device)
+            labels[: images.numel()] = 1
+            loss_itm = F.cross_entropy(self.itm_head(fused[:, 0]), labels)
+
+        loss_mlm = None
+        if self.config.mlm_weight > 0 and images.numel() >= 1:
+            if mlm_input_ids is not None:
+                if mlm_labels is None:
+                    raise ValueError("mlm_input_ids given without mlm_labels")
+                masked_ids, labels = mlm_input_ids[pos_text], mlm_labels[pos_text]
+            else:
+                masked_ids, labels = self._mask_tokens(input_ids[pos_text], attention_mask[pos_text])
+            mask = attention_mask[pos_text]
+            hidden = self._run_text(masked_ids, mask).last_hidden_state
+            logits = self.mlm_head(self._fuse(hidden, mask, image_tokens[images]))
+            n_masked = (labels != -100).sum().clamp(min=1)
+            loss_mlm = (
+                F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+                / n_masked
+            )
+        return loss_itm, loss_mlm
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        text_image_ids: torch.Tensor | None = None,
+        mlm_input_ids: torch.Tensor | None = None,
+        mlm_labels: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> CCROutput:
+        r"""Encode a batch of B images and T texts; with `return_loss=True` compute the training objectives.
+
+        Args:
+            input_ids, attention_mask: (T, L) texts (all captions of the batch, any languages).
+            pixel_values: (B, C, H, W) images.
+            text_image_ids: (T,) long, index in [0, B) of each text's image. Default: text j describes image j
+                (then T must equal B).
+            mlm_input_ids, mlm_labels: (T, L) masked texts and labels (-100 = not masked) for CMLM; if absent and
+                CMLM is on, forward masks texts itself (needs `config.mask_token_id`).
+            return_loss: compute `loss = itc_weight * L_itc + itm_weight * L_itm + mlm_weight * L_mlm`. ITC is the
+                1-to-K loss over the batch of all processes when `config.gather_across_processes` (see
+                `gather_for_contrastive`); MITM/CMLM need `num_fusion_layers > 0` and stay local to the process.
+            token_type_ids: passed to the text tower when given.
+            return_dict: accepted for API compatibility; a `CCROutput` is always returned.
+        """
+        if input_ids is None or pixel_values is None:
+            raise ValueError("CCRModel.forward needs both input_ids and pixel_values")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        vision_outputs = self.vision_model(pixel_values=pixel_values)
+        text_outputs = self._run_text(input_ids, attention_mask, token_type_ids)
+        image_embeds = F.normalize(self.visual_projection(self._pool_vision(vision_outputs)), dim=-1)
+        text_embeds = F.normalize(self.text_projection(self._pool_text(text_outputs, attention_mask)), dim=-1)
+
+        if self.training:  # keep the parameter itself inside the range (X-VLM style), not just its use
+            with torch.no_grad():
+                self.tau.clamp_(self.config.tau_min, self.config.tau_max)
+        temperature = self.temperature
+        logits_per_image = image_embeds @ text_embeds.t() / temperature
+        logits_per_text = logits_per_image.t()
+
+        loss = loss_itc = loss_itm = loss_mlm = None
+        if return_loss:
+            B, T = image_embeds.shape[0], text_embeds.shape[0]
+            if text_image_ids is None:
+                if B != T:
+                    raise ValueError(f"text_image_ids is required when the numbers of images ({B}) and texts ({T}) differ")
+                text_image_ids = torch.arange(B, device=image_embeds.device)
+            text_image_ids = text_image_ids.to(image_embeds.device)
+            if self.config.gather_across_processes and _distributed_world_size() > 1:
+                all_img, all_txt, all_ids = gather_for_contrastive(image_embeds, text_embeds, text_image_ids)
+                loss_itc = one_to_k_contrastive_loss(
+                    all_img, all_txt, all_ids, temperature, divide_by_k=self.config.itc_divide_by_k
+                )
+            else:
+                loss_itc = one_to_k_loss_from_logits(
+                    logits_per_image, text_image_ids, divide_by_k=self.config.itc_divide_by_k
+                )
+            loss = self.config.itc_weight * loss_itc
+            if self.config.num_fusion_layers > 0 and (self.config.itm_weight > 0 or self.config.mlm_weight > 0):
+                loss_itm, loss_mlm = self._mitm_cmlm(
+                    image_embeds,
+                    text_embeds,
+                    text_image_ids,
+                    self._image_tokens_from_outputs(vision_outputs),
+                    text_outputs.last_hidden_state,
+                    input_ids,
+                    attention_mask,
+                    mlm_input_ids,
+                    mlm_labels,
+                )
+                if loss_itm is not None:
+                    loss = loss + self.config.itm_weight * loss_itm
+                if loss_mlm is not None:
+                    loss = loss + self.config.mlm_weight * loss_mlm
+
+        return CCROutput(
+            loss=loss,
+            loss_itc=loss_itc,
+            loss_itm=loss_itm,
+            loss_mlm=loss_mlm,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+            text_model_output=text_outputs,
+            vision_model_output=vision_outputs,
+        )
+
+    # ---------------------------------------------------------------- composition / saving
+    @classmethod
+    def from_vision_text_pretrained(
+        cls,
+        vision_model_name_or_path: str | None = None,
+        text_model_name_or_path: str | None = None,
+        **kwargs: Any,
+    ) -> "CCRModel":
+        """Compose a CCRModel from pretrained towers (like `VisionTextDualEncoderModel.from_vision_text_pretrained`).
+
+        Keyword arguments named like CCRConfig fields (projection_dim, num_fusion_layers, vision_pooling, ...) go to
+        the config; other `vision_*` / `text_*` arguments go to the towers' `from_pretrained` (e.g.
+        `vision_model=<instance>` or `text_revision=...`). A composite checkpoint such as CLIP or SigLIP gives its
+        vision tower. The projections, temperature and fusion layers are newly initialised.
+        """
+        config_fields = set(CCRConfig.__dataclass_fields__) if hasattr(CCRConfig, "__dataclass_fields__") else set()
+        config_kwargs, vision_kwargs, text_kwargs = {}, {}, {}
+        for key, value in kwargs.items():
+            if key in config_fields:
+                config_kwargs[key] = value
+            elif key.startswith("vision_"):
+                vision_kwargs[key[len("vision_") :]] = value
+            elif key.startswith("text_"):
+                text_kwargs[key[len("text_") :]] = value
+            else:
+                config_kwargs[key] = value
+        vision_pooling = config_kwargs.get("vision_pooling", "auto")
+        text_pooling = config_kwargs.get("text_pooling", "cls")
+
+        vision_model = vision_kwargs.pop("model", None)
+        if vision_model is None:
+            if vision_model_name_or_path is None:
+                raise ValueError("give vision_model_name_or_path (or vision_model=<a PreTrainedModel>)")
+            vision_model = _load_tower(
+                vision_model_name_or_path, "vision_config", vision_pooling in ("auto", "pooler"), vision_kwargs
+            )
+        text_model = text_kwargs.pop("model", None)
+        if text_model is None:
+            if text_model_name_or_path is None:
+                raise ValueError("give text_model_name_or_path (or text_model=<a PreTrainedModel>)")
+            text_model = _load_tower(text_model_name_or_path, "text_config", text_pooling == "pooler", text_kwargs)
+        config = CCRConfig.from_vision_text_configs(vision_model.config, text_model.config, **config_kwargs)
+        return cls(config=config, vision_model=vision_model, text_model=text_model)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """Save as safetensors (the default) and ship processing_ccr.py beside the model files.
+
+        `register_for_auto_class` makes transformers copy configuration_ccr.py and modeling_ccr.py and write
+        `auto_map`; the processor file is copied too so the folder holds all three remote-code files.
+        """
+        if kwargs.get("safe_serialization") is False:
+            raise ValueError("CCR models are saved as safetensors only")
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        processing_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), "processing_ccr.py")
+        target = os.path.join(os.fspath(save_directory), "processing_ccr.py")
+        if os.path.isfile(processing_file) and not os.path.exists(target):
+            shutil.copy(processing_file, target)
+        return result
+
+
+def _load_tower(path: str, key: str, keep_pooler: bool, kwargs: dict[str, Any]) -> PreTrainedModel:
+    """Load one tower's pretrained weights; CLIP/SigLIP checkpoints give their `key` tower."""
+    kwargs = dict(kwargs)
+    config = kwargs.pop("config", None) or AutoConfig.from_pretrained(path)
+    sub = getattr(config, key, None)
+    if sub is not None and hasattr(sub, "model_type"):
+        import transformers
+
+        names = {"vision_config": "VisionModel", "text_config": "TextModel"}
+        prefix = {"clip": "CLIP", "siglip": "Siglip", "siglip2": "Siglip2", "chinese_clip": "ChineseCLIP"}
+        cls_name = prefix.get(config.model_type, "") + names[key]
+        tower_cls = getattr(transformers, cls_name, None)
+        if not prefix.get(config.model_type) or tower_cls is None:
+            raise ValueError(
+                f"cannot take the {key} tower out of a {config.model_type!r} checkpoint; pass "
+                f"{key.split('_')[0]}_model=<a loaded PreTrainedModel> instead"
+            )
+        return tower_cls.from_pretrained(path, config=sub, **kwargs)
+    if not keep_pooler:
+        try:
+            return AutoModel.from_pretrained(path, config=config, add_pooling_layer=False, **kwargs)
+        except TypeError:
+            pass
+    return AutoModel.from_pretrained(path, config=config, **kwargs)
+
+
+CCRModel.register_for_auto_class("AutoModel")
+
+__all__ = ["CCRModel", "CCROutput", "gather_for_contrastive", "one_to_k_contrastive_loss", "one_to_k_loss_from_logits"]

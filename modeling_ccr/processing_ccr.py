@@ -1,0 +1,263 @@
+"""CCRProcessor: images and multilingual caption groups -> model inputs (remote code: torch/transformers only)."""
+
+import io
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import BatchFeature, ProcessorMixin, ViTImageProcessorPil
+
+_DEFAULT_MAX_LENGTH = 512
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB; transparent pixels (RGBA, LA, P with transparency) become white, not black."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # high bit-depth grey: scale to 8 bits first
+        array = np.asarray(image, dtype=np.float64)
+        top = array.max() if array.size and array.max() > 0 else 1.0
+        return Image.fromarray((array / top * 255.0).round().astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
+def _array_to_pil(array: np.ndarray, index: int) -> Image.Image:
+    """(H, W), (H, W, C) or (C, H, W) with C in 1/3/4; uint8, or floats in [0, 1]."""
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
+        raise ValueError(
+            f"image {index}: array of shape {array.shape} is not an image (want (H, W), (H, W, C) or (C, H, W), "
+            "C in 1/3/4)"
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"image {index}: zero-size image (array shape {array.shape})")
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError(f"image {index}: array holds NaN or infinite values")
+        scale = 255.0 if array.max() <= 1.0 else 1.0
+        array = np.clip(array * scale, 0, 255).round().astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.integer):
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    else:
+        raise TypeError(f"image {index}: unsupported array dtype {array.dtype}")
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return Image.fromarray(array)
+
+
+def _open_bytes(data: bytes, index: int, what: str) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as err:  # PIL raises several types for corrupt data
+        raise ValueError(f"image {index}: cannot decode {what} ({type(err).__name__}: {err})") from err
+    return image
+
+
+def load_image(image: Any, index: int = 0) -> Image.Image:
+    """One image of any supported kind -> an RGB PIL image, or a ValueError/TypeError naming the problem.
+
+    Supported: PIL images (any mode: RGB, L, RGBA, P, CMYK, I;16...), numpy arrays, torch tensors, encoded bytes,
+    file paths and `datasets` Image dicts ({"bytes": ..., "path": ...}).
+    """
+    if isinstance(image, dict) and ("bytes" in image or "path" in image):
+        if image.get("bytes") is not None:
+            image = image["bytes"]
+        elif image.get("path"):
+            image = image["path"]
+        else:
+            raise ValueError(f"image {index}: image dict holds neither bytes nor a path")
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        if len(image) == 0:
+            raise ValueError(f"image {index}: empty image bytes")
+        image = _open_bytes(bytes(image), index, "image bytes (corrupt or unsupported format)")
+    elif isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if not os.path.isfile(path):
+            raise ValueError(f"image {index}: no image file at {path!r}")
+        with open(path, "rb") as handle:
+            image = _open_bytes(handle.read(), index, f"image file {path!r}")
+    elif isinstance(image, torch.Tensor):
+        image = _array_to_pil(image.detach().cpu().numpy(), index)
+    elif isinstance(image, np.ndarray):
+        image = _array_to_pil(image, index)
+    elif image is None:
+        raise ValueError(f"image {index} is None")
+    if not isinstance(image, Image.Image):
+        raise TypeError(
+            f"image {index}: unsupported type {type(image).__name__} (use PIL.Image, numpy array, torch tensor, "
+            "bytes or a file path)"
+        )
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"image {index}: zero-size image ({image.width}x{image.height})")
+    try:
+        image.load()
+        return _to_rgb(image)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise ValueError(f"image {index}: cannot decode image ({type(err).__name__}: {err})") from err
+
+
+def _caption_text(caption: Any, image_index: int, caption_index: int) -> tuple[str, str | None]:
+    where = f"caption {caption_index} of image {image_index}"
+    language = None
+    if isinstance(caption, dict):
+        if "text" not in caption:
+            raise ValueError(f"{where}: caption dict has no 'text' key (want {{'language': ..., 'text': ...}})")
+        language = caption.get("language")
+        caption = caption["text"]
+    if caption is None:
+        raise ValueError(f"{where} is None")
+    if not isinstance(caption, str):
+        raise TypeError(f"{where}: expected a string, got {type(caption).__name__}")
+    if not caption.strip():
+        raise ValueError(f"{where} is an empty string")
+    return caption, language
+
+
+def flatten_captions(captions: Sequence[Sequence[Any]]) -> tuple[list[str], list[int], list[str | None]]:
+    """Caption groups (one group per image; str or {"language", "text"} items) -> texts, image ids, languages."""
+    if isinstance(captions, (str, bytes)) or not isinstance(captions, Sequence):
+        raise TypeError(f"captions must be a list of caption lists (one per image), got {type(captions).__name__}")
+    texts: list[str] = []
+    image_ids: list[int] = []
+    languages: list[str | None] = []
+    for i, group in enumerate(captions):
+        if group is None:
+            raise ValueError(f"caption list of image {i} is None")
+        if isinstance(group, (str, dict)) or not isinstance(group, Sequence):
+            raise TypeError(
+                f"captions of image {i} must be a list of captions (str or {{'language', 'text'}}), "
+                f"got {type(group).__name__}"
+            )
+        if len(group) == 0:
+            raise ValueError(f"image {i} has an empty caption list")
+        for j, caption in enumerate(group):
+            text, language = _caption_text(caption, i, j)
+            texts.append(text)
+            image_ids.append(i)
+            languages.append(language)
+    return texts, image_ids, languages
+
+
+class CCRProcessor(ProcessorMixin):
+    r"""Image processor + tokenizer for [`CCRModel`].
+
+    - `processor(text=[...])` -> `input_ids`, `attention_mask` (queries).
+    - `processor(images=[...])` -> `pixel_values`.
+    - `processor(images=[...], captions=[[...], ...])` -> `pixel_values`, `input_ids`, `attention_mask`,
+      `text_image_ids` (T,) long: one caption group per image (one caption per language, any number of
+      languages; items are str or {"language", "text"}), flattened in order.
+
+    Images: PIL in any mode (converted to RGB, transparency onto white), numpy arrays, tensors, encoded bytes,
+    paths. Texts are padded to the longest and truncated to `max_length` (default: the tokenizer's
+    `model_max_length`, at most 512). The default image processor is the PIL-backed `ViTImageProcessorPil`
+    (no torchvision needed, no backend warning).
+    """
+
+    def __init__(self, image_processor: Any = None, tokenizer: Any = None, max_length: int | None = None, **kwargs):
+        if image_processor is None:
+            image_processor = ViTImageProcessorPil()
+        if tokenizer is None:
+            raise ValueError("CCRProcessor needs a tokenizer")
+        if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
+            raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+        self.max_length = max_length
+        super().__init__(image_processor, tokenizer, **kwargs)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values", "text_image_ids"]
+
+    def _effective_max_length(self, max_length: int | None) -> int:
+        if max_length is not None:
+            return int(max_length)
+        if self.max_length is not None:
+            return int(self.max_length)
+        model_max = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(model_max, int) and 0 < model_max <= 100_000:
+            return min(model_max, _DEFAULT_MAX_LENGTH)
+        return _DEFAULT_MAX_LENGTH
+
+    def _tokenize(self, texts: list[str], max_length: int | None, return_tensors: str | None) -> dict[str, Any]:
+        encoded = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self._effective_max_length(max_length),
+            return_tensors=return_tensors,
+            return_token_type_ids=False,
+        )
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+    def process_images(self, images: Any, return_tensors: str | None = "pt") -> dict[str, Any]:
+        """Images -> {"pixel_values": (B, C, H, W)} through the image processor, after validation/RGB conversion."""
+        if isinstance(images, (Image.Image, np.ndarray, torch.Tensor, bytes, bytearray, str, os.PathLike, dict)):
+            if isinstance(images, np.ndarray) and images.ndim == 4 or isinstance(images, torch.Tensor) and images.dim() == 4:
+                images = list(images)
+            else:
+                images = [images]
+        if not isinstance(images, Sequence):
+            raise TypeError(f"images must be an image or a list of images, got {type(images).__name__}")
+        if len(images) == 0:
+            raise ValueError("images is an empty list")
+        pil_images = [load_image(image, i) for i, image in enumerate(images)]
+        out = self.image_processor(images=pil_images, return_tensors=return_tensors)
+        return {"pixel_values": out["pixel_values"]}
+
+    def __call__(
+        self,
+        images: Any = None,
+        text: str | list[str] | None = None,
+        captions: Sequence[Sequence[Any]] | None = None,
+        return_tensors: str | None = "pt",
+        max_length: int | None = None,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        if kwargs:
+            raise TypeError(f"CCRProcessor got unexpected arguments: {sorted(kwargs)}")
+        if images is None and text is None and captions is None:
+            raise ValueError("give images, text and/or captions")
+        if text is not None and captions is not None:
+            raise ValueError("give either text (queries) or captions (caption groups per image), not both")
+        data: dict[str, Any] = {}
+        if images is not None:
+            data.update(self.process_images(images, return_tensors=return_tensors))
+        if captions is not None:
+            texts, image_ids, _ = flatten_captions(captions)
+            if images is not None:
+                n_images = data["pixel_values"].shape[0]
+                if n_images != len(captions):
+                    raise ValueError(
+                        f"got {n_images} images but {len(captions)} caption groups: give one caption list per image"
+                    )
+            data.update(self._tokenize(texts, max_length, return_tensors))
+            data["text_image_ids"] = torch.tensor(image_ids, dtype=torch.long) if return_tensors == "pt" else image_ids
+        elif text is not None:
+            if isinstance(text, str):
+                text = [text]
+            if not isinstance(text, Sequence) or len(text) == 0:
+                raise ValueError("text must be a non-empty string or list of strings")
+            checked = [_caption_text(t, 0, j)[0] for j, t in enumerate(text)]
+            data.update(self._tokenize(checked, max_length, return_tensors))
+        return BatchFeature(data=data)
+
+    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args: Any, **kwargs: Any) -> str:
+        return self.tokenizer.decode(*args, **kwargs)
+
+
+CCRProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = ["CCRProcessor", "flatten_captions", "load_image"]

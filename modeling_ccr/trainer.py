@@ -1,0 +1,274 @@
+"""``CCRTrainer``: a ``transformers.Trainer`` for CCR models, with the paper's objective and its baselines.
+
+What it adds to Trainer and nothing more:
+- the loss: 1-to-K ITC (+ MITM + CMLM through the model) or one of the baselines of
+  :mod:`modeling_ccr.objectives`, over the global batch when several processes train;
+- evaluation as retrieval: Recall@1/5/10 per language and direction, mean recall, MRV_TR and MRV_IR,
+  computed by :mod:`modeling_ccr.retrieval` from the embeddings Trainer's loop gathers;
+- resuming only from complete checkpoints (a checkpoint a killed process left half-written is skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import EvalPrediction, Trainer, TrainingArguments
+
+from .collator import IGNORE_INDEX, CCRCollator
+from .modeling_ccr import gather_for_contrastive
+from .objectives import LOSS_TYPES, contrastive_objective
+from .retrieval import compute_retrieval_ranks, flatten_metrics, retrieval_metrics
+
+logger = logging.getLogger(__name__)
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class CCRTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus the CCR objective."""
+
+    loss_type: str = field(
+        default="one_to_k",
+        metadata={"help": f"Contrastive objective: one of {', '.join(LOSS_TYPES)} (one_to_k is the paper's method)."},
+    )
+    itc_weight: float | None = field(default=None, metadata={"help": "Weight of the ITC loss (default: the model config's)."})
+    itm_weight: float | None = field(default=None, metadata={"help": "Weight of the MITM loss (default: the model config's)."})
+    mlm_weight: float | None = field(default=None, metadata={"help": "Weight of the CMLM loss (default: the model config's)."})
+    mlm_probability: float = field(default=0.15, metadata={"help": "Token masking rate for CMLM (models with fusion layers)."})
+    captions_per_language: int = field(
+        default=1, metadata={"help": "Captions sampled per image and language at each training step."}
+    )
+    itc_divide_by_k: bool = field(
+        default=False,
+        metadata={"help": "Divide the whole 1-to-K loss by K as the authors' released code does (default: the paper's formula)."},
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the collator needs the image and captions columns."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"unknown loss_type {self.loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
+        if self.captions_per_language < 1:
+            raise ValueError(f"captions_per_language must be >= 1, got {self.captions_per_language}")
+        if not 0.0 <= self.mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must be in [0, 1), got {self.mlm_probability}")
+        for name in ("itc_weight", "itm_weight", "mlm_weight"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        super().__post_init__()
+
+
+def is_complete_checkpoint(path: str) -> bool:
+    """Trainer writes ``trainer_state.json`` last: a checkpoint is complete when that file parses and
+    names the checkpoint's own step (a process killed while saving leaves it missing or truncated)."""
+    match = _CHECKPOINT.match(os.path.basename(os.path.normpath(path)))
+    try:
+        with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as handle:
+            state = json.load(handle)
+    except (OSError, json.JSONDecodeError):
+        return False
+    return match is not None and state.get("global_step") == int(match.group(1))
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest complete ``checkpoint-N`` folder of ``output_dir``, or None."""
+    if not os.path.isdir(output_dir):
+        return None
+    steps = sorted(
+        (int(match.group(1)), name)
+        for name in os.listdir(output_dir)
+        if (match := _CHECKPOINT.match(name)) and os.path.isdir(os.path.join(output_dir, name))
+    )
+    for _, name in reversed(steps):
+        path = os.path.join(output_dir, name)
+        if is_complete_checkpoint(path):
+            return path
+    return None
+
+
+class RetrievalMetrics:
+    """``compute_metrics`` for CCRTrainer: retrieval metrics from the embeddings of the evaluation loop.
+
+    Predictions are ``(image_embeds (N, D), text_embeds (N, W, D))`` and label ids the per-slot language
+    ids ``(N, W)``, ``-100`` where an image has fewer captions (see ``CCRCollator(for_evaluation=True)``).
+    """
+
+    def __init__(self, languages: list[str], chunk_size: int = 1024) -> None:
+        self.languages = list(languages)
+        self.chunk_size = chunk_size
+
+    def __call__(self, prediction: EvalPrediction) -> dict[str, float]:
+        image_embeds, text_embeds = prediction.predictions
+        language_ids = np.asarray(prediction.label_ids)
+        valid = language_ids != IGNORE_INDEX
+        image_rows, _ = np.nonzero(valid)
+        ranks = compute_retrieval_ranks(
+            torch.as_tensor(image_embeds),
+            torch.as_tensor(text_embeds[valid]),
+            torch.as_tensor(image_rows),
+            [self.languages[index] for index in language_ids[valid]],
+            languages=self.languages,
+            chunk_size=self.chunk_size,
+        )
+        return flatten_metrics(retrieval_metrics(ranks))
+
+
+class CCRTrainer(Trainer):
+    """Trainer for ``CCRModel`` on canonical CCR datasets (image + captions in several languages).
+
+    Args beyond ``Trainer``'s:
+        languages: the language codes of the data; defaults to those of ``train_dataset``.
+        data_collator / eval_data_collator: default to :class:`CCRCollator` built from
+            ``processing_class`` (a ``CCRProcessor``) and the arguments.
+    """
+
+    def __init__(
+        self,
+        model=None,
+        args: CCRTrainingArguments | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        languages: list[str] | None = None,
+        data_collator=None,
+        eval_data_collator=None,
+        compute_metrics=None,
+        **kwargs: Any,
+    ) -> None:
+        if args is None:
+            raise ValueError("CCRTrainer needs CCRTrainingArguments (args=...)")
+        if not isinstance(args, CCRTrainingArguments):
+            raise TypeError(f"args must be CCRTrainingArguments, got {type(args).__name__}")
+        if languages is None:
+            if train_dataset is None:
+                raise ValueError("pass languages=... when there is no train_dataset to read them from")
+            from .dataset_schema import dataset_languages
+
+            languages = dataset_languages(train_dataset)
+        self.languages = list(languages)
+        self._apply_weights(model, args)
+        needs_mlm = getattr(model.config, "num_fusion_layers", 0) > 0 and model.config.mlm_weight > 0
+        if data_collator is None:
+            if processing_class is None:
+                raise ValueError("pass processing_class=<CCRProcessor> or a data_collator")
+            data_collator = CCRCollator(
+                processing_class,
+                self.languages,
+                captions_per_language=args.captions_per_language,
+                mlm_probability=args.mlm_probability if needs_mlm else 0.0,
+            )
+        if eval_data_collator is None and processing_class is not None:
+            eval_data_collator = CCRCollator(processing_class, self.languages, for_evaluation=True)
+        self.eval_data_collator = eval_data_collator
+        if compute_metrics is None and eval_dataset is not None:
+            compute_metrics = RetrievalMetrics(self.languages)
+        if args.loss_type == "pivot" and "en" not in self.languages:
+            raise ValueError(f"the pivot objective needs English ('en') captions; the data has {self.languages}")
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            data_collator=data_collator,
+            compute_metrics=compute_metrics,
+            **kwargs,
+        )
+        # The loss is a mean over the batch already; Trainer scales it for gradient accumulation.
+        self.model_accepts_loss_kwargs = False
+        self.label_names = ["text_language_ids"]
+
+    @staticmethod
+    def _apply_weights(model, args: CCRTrainingArguments) -> None:
+        for name in ("itc_weight", "itm_weight", "mlm_weight"):
+            value = getattr(args, name)
+            if value is not None:
+                setattr(model.config, name, value)
+        model.config.itc_divide_by_k = args.itc_divide_by_k
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        language_ids = inputs.pop("text_language_ids")
+        outputs = model(**inputs, return_loss=True)
+        loss = outputs.loss
+        if self.args.loss_type != "one_to_k":
+            loss = self._baseline_loss(model, inputs, outputs, language_ids)
+        return (loss, outputs) if return_outputs else loss
+
+    def _baseline_loss(self, model, inputs, outputs, language_ids: torch.Tensor) -> torch.Tensor:
+        """Replace the 1-to-K ITC part of ``outputs.loss`` with the baseline's, over the global batch."""
+        config = self.accelerator.unwrap_model(model).config
+        temperature = self.accelerator.unwrap_model(model).temperature
+        image_embeds, text_embeds, text_image_ids, language_ids = gather_for_contrastive(
+            outputs.image_embeds, outputs.text_embeds, inputs["text_image_ids"], language_ids
+        )
+        pivot = self.languages.index("en") if "en" in self.languages else None
+        itc = contrastive_objective(
+            self.args.loss_type, image_embeds, text_embeds, text_image_ids, language_ids, temperature, pivot
+        )
+        loss = config.itc_weight * itc
+        for weight, part in ((config.itm_weight, outputs.loss_itm), (config.mlm_weight, outputs.loss_mlm)):
+            if part is not None:
+                loss = loss + weight * part
+        outputs.loss_itc = itc
+        return loss
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """Evaluation batches keep every caption (``eval_data_collator``), unlike training batches."""
+        train_collator = self.data_collator
+        if self.eval_data_collator is not None:
+            self.data_collator = self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
+        """Embeddings of the batch's images and of its captions laid out per image (no loss)."""
+        inputs = self._prepare_inputs(inputs)
+        language_ids = inputs["text_language_ids"]
+        if prediction_loss_only:
+            return None, None, None
+        unwrapped = self.accelerator.unwrap_model(model)
+        valid = language_ids != IGNORE_INDEX
+        with torch.no_grad():
+            image_embeds = unwrapped.get_image_features(pixel_values=inputs["pixel_values"])
+            flat = unwrapped.get_text_features(
+                input_ids=inputs["input_ids"][valid], attention_mask=inputs["attention_mask"][valid]
+            )
+        text_embeds = flat.new_zeros((*language_ids.shape, flat.shape[-1]))
+        text_embeds[valid] = flat
+        return None, (image_embeds, text_embeds), language_ids
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
+        """Like ``Trainer.train``; ``resume_from_checkpoint=True`` takes the newest *complete* checkpoint."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                logger.warning("no complete checkpoint in %s: training from the start", self.args.output_dir)
+            self._discard_incomplete_checkpoints()
+        elif isinstance(resume_from_checkpoint, str) and not is_complete_checkpoint(resume_from_checkpoint):
+            raise ValueError(
+                f"{resume_from_checkpoint} is not a complete checkpoint (trainer_state.json missing or truncated): "
+                "it was probably being written when the run stopped"
+            )
+        return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+
+    def _discard_incomplete_checkpoints(self) -> None:
+        if not self.args.should_save or not os.path.isdir(self.args.output_dir):
+            return
+        for name in os.listdir(self.args.output_dir):
+            path = os.path.join(self.args.output_dir, name)
+            if _CHECKPOINT.match(name) and os.path.isdir(path) and not is_complete_checkpoint(path):
+                logger.warning("removing incomplete checkpoint %s", path)
+                shutil.rmtree(path)

@@ -1,0 +1,301 @@
+"""CCRModel: composition of towers, the training objectives, features, loading of pretrained towers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, CLIPConfig, CLIPModel, ViTModel, XLMRobertaModel
+
+from modeling_ccr import CCRConfig, CCRModel, CCROutput, one_to_k_contrastive_loss
+from tests._core_helpers import (
+    IMAGE_SIZE,
+    make_config,
+    make_model,
+    make_tokenizer,
+    text_config,
+    vision_config,
+)
+
+TEXT_IMAGE_IDS = torch.tensor([0, 1, 1, 2, 2, 2, 3])  # unequal numbers of languages per image
+
+
+def make_batch(seed: int = 0, n_images: int = 4) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    tokenizer = make_tokenizer()
+    ids = torch.randint(5, len(tokenizer), (7, 8), generator=g)
+    ids[:, 0], ids[:, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
+    mask = torch.ones_like(ids)
+    mask[4:, 6:] = 0
+    ids[4:, 6:] = tokenizer.pad_token_id
+    mlm_ids, mlm_labels = ids.clone(), torch.full_like(ids, -100)
+    mlm_labels[:, 2] = ids[:, 2]
+    mlm_ids[:, 2] = tokenizer.mask_token_id
+    return {
+        "pixel_values": torch.randn(n_images, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g),
+        "input_ids": ids,
+        "attention_mask": mask,
+        "text_image_ids": TEXT_IMAGE_IDS.clone(),
+        "mlm_input_ids": mlm_ids,
+        "mlm_labels": mlm_labels,
+    }
+
+
+def _no_dropout(model: CCRModel) -> CCRModel:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+@pytest.mark.parametrize(
+    "vision, text, fusion",
+    [("vit", "xlmr", 1), ("swin", "bert", 0), ("clip", "xlmr", 0), ("siglip", "bert", 1), ("swin", "xlmr", 2)],
+)
+def test_tiny_model_trains(vision, text, fusion):
+    model = _no_dropout(make_model(vision, text, num_fusion_layers=fusion)).train()
+    batch = make_batch()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4)
+    torch.manual_seed(0)
+    losses = []
+    for _ in range(10):
+        out = model(**batch, return_loss=True)
+        assert isinstance(out, CCROutput)
+        assert torch.isfinite(out.loss)
+        if fusion:
+            assert out.loss_itc is not None and out.loss_itm is not None and out.loss_mlm is not None
+            total = out.loss_itc + out.loss_itm + out.loss_mlm
+            torch.testing.assert_close(out.loss, total)
+        else:
+            assert out.loss_itm is None and out.loss_mlm is None
+            torch.testing.assert_close(out.loss, out.loss_itc)
+        losses.append(out.loss.item())
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    assert losses[-1] < losses[0] - 0.02, losses
+    assert sum(losses[-3:]) < sum(losses[:3]), losses
+
+
+def test_shapes_and_normalisation():
+    model = make_model(num_fusion_layers=1).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        out = model(**batch)
+        image_features = model.get_image_features(batch["pixel_values"])
+        text_features = model.get_text_features(batch["input_ids"], batch["attention_mask"])
+    assert out.loss is None and out.loss_itc is None
+    assert out.logits_per_image.shape == (4, 7) and out.logits_per_text.shape == (7, 4)
+    assert isinstance(image_features, torch.Tensor) and image_features.shape == (4, 16)
+    assert isinstance(text_features, torch.Tensor) and text_features.shape == (7, 16)
+    torch.testing.assert_close(out.image_embeds, F.normalize(image_features, dim=-1))
+    torch.testing.assert_close(out.text_embeds, F.normalize(text_features, dim=-1))
+    torch.testing.assert_close(out.image_embeds.norm(dim=-1), torch.ones(4))
+    torch.testing.assert_close(out.logits_per_image, out.image_embeds @ out.text_embeds.t() / model.temperature)
+    assert out.vision_model_output is not None and out.text_model_output is not None
+
+
+@pytest.mark.parametrize("divide_by_k", [False, True])
+def test_itc_is_the_shared_one_to_k_loss(divide_by_k):
+    model = make_model(itc_divide_by_k=divide_by_k).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        out = model(**batch, return_loss=True)
+        expected = one_to_k_contrastive_loss(
+            out.image_embeds, out.text_embeds, batch["text_image_ids"], model.temperature, divide_by_k=divide_by_k
+        )
+    torch.testing.assert_close(out.loss_itc, expected)
+
+
+def test_loss_weights():
+    batch = make_batch()
+    outs = {}
+    for weights in [(1.0, 1.0, 1.0), (0.5, 2.0, 0.0)]:
+        model = make_model(num_fusion_layers=1, itc_weight=weights[0], itm_weight=weights[1], mlm_weight=weights[2])
+        torch.manual_seed(1)
+        outs[weights] = model.eval()(**batch, return_loss=True)
+    a, b = outs[(1.0, 1.0, 1.0)], outs[(0.5, 2.0, 0.0)]
+    assert b.loss_mlm is None
+    torch.testing.assert_close(b.loss, 0.5 * b.loss_itc + 2.0 * b.loss_itm)
+    torch.testing.assert_close(a.loss_itc, b.loss_itc)
+
+
+def test_mlm_masks_itself_with_mask_token_id_and_explains_when_it_cannot():
+    batch = make_batch()
+    del batch["mlm_input_ids"], batch["mlm_labels"]
+    model = make_model(num_fusion_layers=1)
+    torch.manual_seed(0)
+    out = model(**batch, return_loss=True)
+    assert out.loss_mlm is not None and torch.isfinite(out.loss_mlm)
+    model = make_model(num_fusion_layers=1, mask_token_id=None)
+    with pytest.raises(ValueError, match="mask_token_id"):
+        model(**batch, return_loss=True)
+
+
+def test_dual_encoder_has_no_fusion_parts():
+    model = make_model(num_fusion_layers=0)
+    names = [name for name, _ in model.named_parameters()]
+    assert not any(n.startswith(("fusion_layers", "itm_head", "mlm_head")) for n in names)
+    batch = make_batch()
+    with pytest.raises(ValueError, match="num_fusion_layers"):
+        model.get_image_tokens(batch["pixel_values"])
+    with pytest.raises(ValueError, match="num_fusion_layers"):
+        model.itm_scores(torch.zeros(2, 3, 32), batch["input_ids"][:2], batch["attention_mask"][:2])
+    # no unused parameters: every parameter gets a gradient from the ITC loss (DDP-safe)
+    model(**batch, return_loss=True).loss.backward()
+    assert all(p.grad is not None for p in model.parameters()), [n for n, p in model.named_parameters() if p.grad is None]
+
+
+def test_fusion_model_uses_all_parameters():
+    model = make_model(num_fusion_layers=1)
+    torch.manual_seed(0)
+    model(**make_batch(), return_loss=True).loss.backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_itm_scores_and_image_tokens():
+    model = make_model(num_fusion_layers=2).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        tokens = model.get_image_tokens(batch["pixel_values"])
+        assert tokens.shape == (4, (IMAGE_SIZE // 8) ** 2 + 1, 32)
+        pairs = tokens[batch["text_image_ids"]]
+        scores = model.itm_scores(pairs, batch["input_ids"], batch["attention_mask"])
+    assert scores.shape == (7,) and torch.isfinite(scores).all()
+    with pytest.raises(ValueError, match="one image per text"):
+        model.itm_scores(tokens, batch["input_ids"], batch["attention_mask"])
+
+
+def test_default_text_image_ids_and_errors():
+    model = make_model().eval()
+    batch = make_batch()
+    with torch.no_grad():
+        out = model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"][:4], return_loss=True)
+    assert torch.isfinite(out.loss)
+    with pytest.raises(ValueError, match="text_image_ids is required"):
+        model(pixel_values=batch["pixel_values"], input_ids=batch["input_ids"], return_loss=True)
+    with pytest.raises(ValueError, match="input_ids and pixel_values"):
+        model(pixel_values=batch["pixel_values"])
+
+
+def test_temperature_init_and_clamp():
+    model = make_model()
+    assert abs(model.temperature.item() - 0.07) < 1e-7
+    with torch.no_grad():
+        model.tau.fill_(3.0)
+    assert model.temperature.item() == 0.5  # clamped when used
+    model.train()(**make_batch(), return_loss=True)
+    assert model.tau.item() == 0.5  # and the parameter itself is clamped in training
+
+
+def test_pooling_choices():
+    batch = make_batch()
+    swin = make_model("swin").eval()  # Swin has no CLS token: "auto" = its average pool = mean of tokens
+    with torch.no_grad():
+        hidden = swin.vision_model(pixel_values=batch["pixel_values"]).last_hidden_state
+        torch.testing.assert_close(
+            swin.get_image_features(batch["pixel_values"]), swin.visual_projection(hidden.mean(dim=1))
+        )
+    vit = make_model(vision_pooling="cls", text_pooling="mean").eval()
+    assert vit.vision_model.pooler is None  # unused pooler not built
+    with torch.no_grad():
+        hidden = vit.vision_model(pixel_values=batch["pixel_values"]).last_hidden_state
+        torch.testing.assert_close(vit.get_image_features(batch["pixel_values"]), vit.visual_projection(hidden[:, 0]))
+        text_hidden = vit.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        mask = batch["attention_mask"][..., None].float()
+        mean = (text_hidden.last_hidden_state * mask).sum(1) / mask.sum(1)
+        torch.testing.assert_close(
+            vit.get_text_features(batch["input_ids"], batch["attention_mask"]), vit.text_projection(mean)
+        )
+
+
+def test_config_validation_and_serialisation(tmp_path):
+    config = make_config(num_fusion_layers=2, itc_divide_by_k=True)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for generation_name in ("temperature", "top_k", "top_p"):
+        assert generation_name not in saved
+    assert saved["tau_init"] == 0.07 and saved["num_fusion_layers"] == 2 and saved["itc_divide_by_k"] is True
+    loaded = CCRConfig.from_pretrained(tmp_path)
+    assert loaded.vision_config.model_type == "vit" and loaded.text_config.model_type == "xlm-roberta"
+    assert loaded.text_config.hidden_size == 32
+    for bad in [{"tau_init": 0.9}, {"tau_min": 0.0}, {"num_fusion_layers": -1}, {"vision_pooling": "max"}]:
+        with pytest.raises(ValueError):
+            make_config(**bad)
+    with pytest.raises(TypeError, match="vision_config"):
+        CCRConfig(vision_config="vit")
+    # a composite CLIP config gives its vision tower
+    clip = CLIPConfig(vision_config=vision_config("clip").to_dict(), text_config={"vocab_size": 99})
+    assert CCRConfig.from_vision_text_configs(clip, text_config()).vision_config.model_type == "clip_vision_model"
+
+
+def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    a_state, b_state = a.state_dict(), b.state_dict()
+    shared = [k for k in a_state if k in b_state]
+    assert len(shared) >= 10
+    for key in shared:
+        torch.testing.assert_close(a_state[key], b_state[key], rtol=0, atol=0, msg=key)
+
+
+def test_from_vision_text_pretrained_loads_tower_weights(tmp_path):
+    torch.manual_seed(3)
+    vit = ViTModel(vision_config("vit"))
+    xlmr = XLMRobertaModel(text_config("xlmr"))
+    vit.save_pretrained(tmp_path / "vit")
+    xlmr.save_pretrained(tmp_path / "xlmr")
+    model = CCRModel.from_vision_text_pretrained(
+        str(tmp_path / "vit"), str(tmp_path / "xlmr"), projection_dim=8, num_fusion_layers=1, text_pooling="cls"
+    )
+    assert model.config.projection_dim == 8 and model.config.num_fusion_layers == 1
+    assert model.config.text_pooling == "cls"  # a config field, not a text tower kwarg
+    _assert_same_weights(vit, model.vision_model)
+    _assert_same_weights(xlmr, model.text_model)
+    # a round trip keeps them
+    model.save_pretrained(tmp_path / "ccr")
+    reloaded = AutoModel.from_pretrained(tmp_path / "ccr", trust_remote_code=True)
+    _assert_same_weights(vit, reloaded.vision_model)
+
+
+def test_from_vision_text_pretrained_takes_the_clip_vision_tower(tmp_path):
+    torch.manual_seed(4)
+    clip_config = CLIPConfig(
+        vision_config=vision_config("clip").to_dict(),
+        text_config={"vocab_size": 99, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 16},
+        projection_dim=16,
+    )
+    clip = CLIPModel(clip_config)
+    clip.save_pretrained(tmp_path / "clip")
+    xlmr = XLMRobertaModel(text_config("xlmr"))
+    xlmr.save_pretrained(tmp_path / "xlmr")
+    model = CCRModel.from_vision_text_pretrained(str(tmp_path / "clip"), str(tmp_path / "xlmr"))
+    assert type(model.vision_model).__name__ == "CLIPVisionModel"
+    _assert_same_weights(clip.vision_model, model.vision_model)
+
+
+def test_compose_from_instances():
+    torch.manual_seed(5)
+    vit, xlmr = ViTModel(vision_config("vit")), XLMRobertaModel(text_config("xlmr"), add_pooling_layer=False)
+    model = CCRModel(vision_model=vit, text_model=xlmr)
+    assert model.vision_model is vit and model.text_model is xlmr
+    assert model.config.vision_config is vit.config
+
+
+def test_benchmark_quick_mode_reports_both_ratios(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_model.py"
+    spec = importlib.util.spec_from_file_location("bench_model", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        result = bench.main(["--quick", "--repeats", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"loss_ratio={result['loss_ratio']:.3f} train_step_ratio={result['train_step_ratio']:.3f}"
+    assert result["loss_ratio"] > 0 and result["train_step_ratio"] > 0
