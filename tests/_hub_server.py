@@ -221,23 +221,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         split = urlsplit(self.path)
+        self.request_path = split.path
         self.query = {k: v[-1] for k, v in parse_qs(split.query).items()}
         self.segments = [unquote(s) for s in split.path.split("/")[1:]]
-        status = 500
         self._body_read = False
         try:
             self._inject_fault(method, split.path)
             self.user = self._authenticate()
-            status = self._route(method)
+            self._route(method)
         except HubError as err:
-            status = err.status
             if not self._body_read:  # drain it, or closing the socket may reset the connection
                 self._body()
             self._send_error(err)
         except Exception as err:  # a bug in the fake server: answer 500 and say what happened
-            status = 500
             self._send_error(HubError(500, f"fake hub internal error: {err!r}"))
-        self.hub.requests.append((method, split.path, status))
 
     def _authenticate(self) -> str | None:
         header = self.headers.get("Authorization")
@@ -275,6 +272,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubError(400, f"invalid JSON body: {err}") from err
 
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None, head: bool = False) -> None:
+        # Recorded before the client can see the answer, so tests that read `requests` never race it.
+        self.hub.requests.append((self.command, self.request_path, status))
         self.send_response(status)
         for key, value in (headers or {}).items():
             self.send_header(key, value)
@@ -303,12 +302,12 @@ class _Handler(BaseHTTPRequestHandler):
         return self.user
 
     # -- routing -----------------------------------------------------------------------------------
-    def _route(self, method: str) -> int:
+    def _route(self, method: str) -> None:
         s = self.segments
         if s[:1] == ["api"]:
             if s[1:] == ["agent-harnesses"] and method == "GET":  # huggingface_hub's agent registry
                 self._send_json(200, {"standardEnvVars": [], "harnesses": {}})
-                return 200
+                return
             if s[1:] == ["whoami-v2"] and method == "GET":
                 return self._whoami()
             if s[1:] == ["repos", "create"] and method == "POST":
@@ -326,15 +325,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.hub.unhandled.append((method, self.path))
         raise HubError(404, f"Not found: {method} {self.path}")
 
-    def _whoami(self) -> int:
+    def _whoami(self) -> None:
         if self.user is None:
             raise HubError(401, INVALID_CREDENTIALS)
         orgs = [{"name": o} for o in self.hub.state.orgs.get(self.user, [])]
         self._send_json(200, {"type": "user", "name": self.user, "orgs": orgs,
                               "auth": {"type": "access_token", "accessToken": {"role": "write"}}})
-        return 200
 
-    def _create_repo(self) -> int:
+    def _create_repo(self) -> None:
         body = self._json_body()
         name, namespace = body.get("name"), body.get("organization") or self.user
         repo_type = body.get("type") or "model"
@@ -352,12 +350,11 @@ class _Handler(BaseHTTPRequestHandler):
             if (repo_type, repo_id) in self.hub.state.repos:
                 self._send_json(409, {"error": f"You already created this {repo_type} repo", "url": url},
                                 {"X-Error-Message": f"You already created this {repo_type} repo"})
-                return 409
+                return
             self.hub.state.create_repo(repo_type, repo_id, private, body.get("sdk"))
         self._send_json(200, {"url": url, "name": repo_id, "id": repo_id})
-        return 200
 
-    def _validate_yaml(self) -> int:
+    def _validate_yaml(self) -> None:
         body = self._json_body()
         content = body.get("content", "")
         match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", content, re.S)
@@ -371,11 +368,9 @@ class _Handler(BaseHTTPRequestHandler):
                     errors.append({"message": "metadata must be a YAML mapping"})
             except yaml.YAMLError as err:
                 errors.append({"message": f"invalid YAML: {err}"})
-        status = 400 if errors else 200
-        self._send_json(status, {"errors": errors, "warnings": warnings})
-        return status
+        self._send_json(400 if errors else 200, {"errors": errors, "warnings": warnings})
 
-    def _repo_api(self, method: str, repo_type: str, repo_id: str, rest: list[str]) -> int:
+    def _repo_api(self, method: str, repo_type: str, repo_id: str, rest: list[str]) -> None:
         state = self.hub.state
         with state.lock:
             repo = state.get_repo(repo_type, repo_id, self.user)
@@ -390,7 +385,7 @@ class _Handler(BaseHTTPRequestHandler):
             if rest == ["refs"] and method == "GET":
                 branches = [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": o} for b, o in repo.refs.items()]
                 self._send_json(200, {"branches": branches, "tags": [], "converts": []})
-                return 200
+                return
             if len(rest) == 2 and rest[0] == "branch" and method == "POST":
                 return self._create_branch(repo, rest[1])
             if len(rest) == 2 and rest[0] == "preupload" and method == "POST":
@@ -400,7 +395,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.hub.unhandled.append((method, self.path))
         raise HubError(404, f"Not found: {method} {self.path}")
 
-    def _info(self, repo: Repo, commit: Commit) -> int:
+    def _info(self, repo: Repo, commit: Commit) -> None:
         info = {
             "id": repo.repo_id, "_id": repo.repo_id, "modelId": repo.repo_id, "author": repo.repo_id.split("/")[0],
             "sha": commit.oid, "private": repo.private, "disabled": False, "gated": False,
@@ -410,13 +405,12 @@ class _Handler(BaseHTTPRequestHandler):
         if repo.repo_type == "space":
             info["sdk"] = repo.sdk
         self._send_json(200, info)
-        return 200
 
     def _entry(self, commit: Commit, path: str) -> dict:
         oid = commit.files[path]
         return {"type": "file", "oid": oid, "size": self.hub.state.blob_size(oid), "path": path}
 
-    def _tree(self, repo: Repo, commit: Commit, prefix: str) -> int:
+    def _tree(self, repo: Repo, commit: Commit, prefix: str) -> None:
         recursive = self.query.get("recursive", "").lower() in ("1", "true")
         base = f"{prefix.rstrip('/')}/" if prefix else ""
         entries, folders = [], set()
@@ -436,15 +430,13 @@ class _Handler(BaseHTTPRequestHandler):
         entries += [{"type": "directory", "oid": hashlib.sha1(f.encode()).hexdigest(), "size": 0, "path": f}
                     for f in sorted(folders)]
         self._send_json(200, entries)
-        return 200
 
-    def _paths_info(self, repo: Repo, commit: Commit) -> int:
+    def _paths_info(self, repo: Repo, commit: Commit) -> None:
         form = parse_qs(self._body().decode())
         paths = form.get("paths", [])
         self._send_json(200, [self._entry(commit, p) for p in paths if p in commit.files])
-        return 200
 
-    def _create_branch(self, repo: Repo, branch: str) -> int:
+    def _create_branch(self, repo: Repo, branch: str) -> None:
         self._need_write(repo.repo_id.split("/")[0])
         body = self._json_body()
         if branch in repo.refs:
@@ -452,9 +444,8 @@ class _Handler(BaseHTTPRequestHandler):
         start = self.hub.state.resolve(repo, body.get("startingPoint") or "main")
         repo.refs[branch] = start.oid
         self._send_json(200, {})
-        return 200
 
-    def _preupload(self, repo: Repo, revision: str) -> int:
+    def _preupload(self, repo: Repo, revision: str) -> None:
         self._need_write(repo.repo_id.split("/")[0])
         commit = self.hub.state.resolve(repo, revision)
         files = self._json_body().get("files")
@@ -463,9 +454,8 @@ class _Handler(BaseHTTPRequestHandler):
         answer = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
                    "oid": commit.files.get(f["path"])} for f in files]
         self._send_json(200, {"files": answer, "commitOid": commit.oid})
-        return 200
 
-    def _commit(self, repo: Repo, branch: str) -> int:
+    def _commit(self, repo: Repo, branch: str) -> None:
         self._need_write(repo.repo_id.split("/")[0])
         if self.query.get("create_pr"):
             raise HubError(400, "pull requests are not supported by this server")
@@ -501,9 +491,8 @@ class _Handler(BaseHTTPRequestHandler):
         repo.refs[branch] = commit.oid
         url = f"{self.hub.url}/{URL_PREFIX[repo.repo_type]}{repo.repo_id}/commit/{commit.oid}"
         self._send_json(200, {"success": True, "commitOid": commit.oid, "commitUrl": url})
-        return 200
 
-    def _resolve(self, method: str, repo_type: str, repo_id: str, revision: str, path: str) -> int:
+    def _resolve(self, method: str, repo_type: str, repo_id: str, revision: str, path: str) -> None:
         state = self.hub.state
         with state.lock:
             repo = state.get_repo(repo_type, repo_id, self.user)
@@ -519,9 +508,8 @@ class _Handler(BaseHTTPRequestHandler):
             first = int(start.group(1))
             headers["Content-Range"] = f"bytes {first}-{len(content) - 1}/{len(content)}"
             self._send(206, content[first:], headers)
-            return 206
+            return
         self._send(200, content, headers, head=method == "HEAD")
-        return 200
 
 
 def main() -> None:
