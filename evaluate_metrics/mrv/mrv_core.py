@@ -1,0 +1,1 @@
+../../modeling_ccr/mrv_core.py

@@ -1,0 +1,513 @@
+"""Loaders from the upstream file formats of CCR benchmarks into the canonical dataset form.
+
+Every loader returns a ``datasets.Dataset`` with ``CCR_FEATURES`` (one row per image: ``image``,
+``image_id``, ``captions`` = list of ``{language, text}``). Images are stored as file paths (or bytes
+when the upstream file embeds them) and decoded lazily; their existence is checked at load time.
+Errors name the file and line (or JSON entry) at fault.
+
+Formats: IGLUE xFlickr&CO (``annotations/<lang>/<split>.jsonl``), IGLUE WIT
+(``annotations/<split>_<lang>.jsonl``), Multi30K (``data/task1/raw/<split>.<lang>[.gz]`` +
+``data/task1/image_splits/<split>.txt``), COCO-style JSON as the paper's code uses (``<lang>.<split>.json``),
+plain CSV / JSONL, image folders with ``metadata.csv|jsonl``, and Parquet files in the canonical form.
+:func:`load_ccr_dataset` detects which one a path holds.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import gzip
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from datasets import Dataset
+
+from .dataset_schema import CCR_FEATURES
+
+_LANGUAGE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+
+__all__ = [
+    "load_ccr_dataset",
+    "load_coco_json",
+    "load_csv",
+    "load_image_folder",
+    "load_jsonl",
+    "load_multi30k",
+    "load_parquet",
+    "load_wit",
+    "load_xflickrco",
+]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _check_language(language: Any, where: str) -> str:
+    if not isinstance(language, str) or not _LANGUAGE.match(language):
+        raise ValueError(f"{where}: unknown language code {language!r} (expected an ISO code such as 'en' or 'zh-TW')")
+    return language
+
+
+def _select_languages(available: Iterable[str], languages: Sequence[str] | None, what: str) -> list[str]:
+    available = sorted(set(available))
+    if not available:
+        raise ValueError(f"no language found in {what}")
+    if languages is None:
+        return available
+    unknown = [lang for lang in languages if lang not in available]
+    if unknown:
+        raise ValueError(f"unknown language(s) {unknown} for {what}; available: {available}")
+    return list(languages)
+
+
+def _image_file(root: Path, relative: str, where: str) -> str:
+    path = root / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: image file {path} does not exist (image root {root})")
+    return str(path.resolve())
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{line_no}: malformed row, not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{line_no}: malformed row, expected a JSON object, got {type(row).__name__}")
+            yield line_no, row
+
+
+def _field(row: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in row:
+        raise ValueError(f"{where}: malformed row, missing field {key!r} (has {sorted(row)})")
+    value = row[key]
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise ValueError(f"{where}: malformed row, field {key!r} should be {names}, got {type(value).__name__}")
+    return value
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: malformed row, caption {value!r} is not a non-empty string")
+    return value.strip()
+
+
+class _Instances:
+    """Collects captions per image key, checking that a key always names the same image."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, dict[str, Any]] = {}
+
+    def add(self, key: str, image: Any, captions: list[dict[str, str]], where: str) -> None:
+        row = self._rows.get(key)
+        if row is None:
+            self._rows[key] = {"image": image, "image_id": key, "captions": list(captions), "where": where}
+            return
+        if row["image"] != image:
+            raise ValueError(f"{where}: image id {key!r} points to {image!r} but {row['where']} gave {row['image']!r}")
+        row["captions"].extend(captions)
+
+    def to_dataset(self, languages: Sequence[str] | None, what: str) -> Dataset:
+        wanted = None if languages is None else set(languages)
+        columns: dict[str, list] = {"image": [], "image_id": [], "captions": []}
+        for row in self._rows.values():
+            captions = [c for c in row["captions"] if wanted is None or c["language"] in wanted]
+            if not captions:
+                continue
+            image = row["image"]
+            columns["image"].append({"bytes": image, "path": None} if isinstance(image, bytes) else image)
+            columns["image_id"].append(row["image_id"])
+            columns["captions"].append(captions)
+        if not columns["image_id"]:
+            raise ValueError(f"{what} holds no image with a caption in {sorted(wanted) if wanted else 'any language'}")
+        return Dataset.from_dict(columns, features=CCR_FEATURES)
+
+
+def _default_image_root(image_root: str | Path | None, root: Path, what: str) -> Path:
+    if image_root is not None:
+        path = Path(image_root)
+        if not path.is_dir():
+            raise FileNotFoundError(f"image root {path} is not a directory")
+        return path
+    for candidate in (root / "images", root):
+        if candidate.is_dir() and any(p.suffix.lower() in _IMAGE_EXTENSIONS for p in candidate.iterdir()):
+            return candidate
+    raise ValueError(f"{what}: the images are distributed separately; pass image_root=<folder with the image files>")
+
+
+# ------------------------------------------------------------------------------------------ IGLUE xFlickr&CO
+
+
+def load_xflickrco(
+    root: str | Path, split: str = "test", languages: Sequence[str] | None = None, image_root: str | Path | None = None
+) -> Dataset:
+    """IGLUE xFlickr&CO: ``<root>/annotations/<lang>/<split>.jsonl`` (``split`` = ``test``, ``train_100``, ...),
+    rows ``{"sentences": [...], "id": ..., "img_path": ...}``; images under ``image_root``. Rows with the same
+    ``id`` in several languages become one instance."""
+    root = Path(root)
+    annotations = root / "annotations" if (root / "annotations").is_dir() else root
+    files = {d.name: d / f"{split}.jsonl" for d in annotations.iterdir() if d.is_dir() and (d / f"{split}.jsonl").is_file()}
+    what = f"xFlickr&CO split {split!r} in {annotations}"
+    selected = _select_languages(files, languages, what)
+    images = _default_image_root(image_root, root, what)
+    instances = _Instances()
+    for lang in selected:
+        _check_language(lang, str(files[lang].parent))
+        for line_no, row in _read_jsonl(files[lang]):
+            where = f"{files[lang]}:{line_no}"
+            sentences = _field(row, "sentences", list, where)
+            key = str(_field(row, "id", (str, int), where))
+            image = _image_file(images, _field(row, "img_path", str, where), where)
+            instances.add(key, image, [{"language": lang, "text": _text(s, where)} for s in sentences], where)
+    return instances.to_dataset(selected, what)
+
+
+# ------------------------------------------------------------------------------------------------ IGLUE WIT
+
+
+def _wit_image(row: dict, images: Path | None, where: str) -> Any:
+    if isinstance(row.get("image_content"), str):
+        try:
+            return base64.b64decode(row["image_content"], validate=True)
+        except ValueError:
+            raise ValueError(f"{where}: malformed row, image_content is not valid base64") from None
+    if images is None:
+        raise ValueError(f"{where}: the row has no image_content; pass image_root=<folder with the WIT images>")
+    url_name = unquote(Path(urlparse(row["image_url"]).path).name)
+    candidates = [url_name]
+    for key in ("image_idx", "wit_ix"):
+        if key in row:
+            candidates += [f"{row[key]}{ext}" for ext in ("",) + _IMAGE_EXTENSIONS]
+    for name in candidates:
+        if name and (images / name).is_file():
+            return str((images / name).resolve())
+    raise FileNotFoundError(f"{where}: no image file for {row['image_url']!r} in {images} (tried {candidates[:3]}...)")
+
+
+def load_wit(
+    root: str | Path, split: str = "test", languages: Sequence[str] | None = None, image_root: str | Path | None = None
+) -> Dataset:
+    """IGLUE WIT: ``<root>/annotations/<split>_<lang>.jsonl`` rows with ``image_url``,
+    ``caption_reference_description``, ``language`` (and ``image_idx``, ``wit_ix``, ...). The image is the
+    row's base64 ``image_content`` if present, else a file in ``image_root`` named after the URL's file
+    name (or ``<image_idx>.<ext>`` / ``<wit_ix>.<ext>``). Rows with an empty caption are skipped (as the
+    reference code does); rows sharing an image URL become one instance."""
+    root = Path(root)
+    annotations = root / "annotations" if (root / "annotations").is_dir() else root
+    files = {p.stem[len(split) + 1 :]: p for p in sorted(annotations.glob(f"{split}_*.jsonl"))}
+    what = f"WIT split {split!r} in {annotations}"
+    selected = _select_languages(files, languages, what)
+    images = None
+    if image_root is not None or (root / "images").is_dir():
+        images = _default_image_root(image_root, root, what)
+    instances = _Instances()
+    for lang in selected:
+        _check_language(lang, str(files[lang]))
+        for line_no, row in _read_jsonl(files[lang]):
+            where = f"{files[lang]}:{line_no}"
+            url = _field(row, "image_url", str, where)
+            caption = row.get("caption_reference_description")
+            if caption is None or (isinstance(caption, str) and not caption.strip()):
+                continue
+            row_lang = _check_language(row.get("language", lang), where)
+            if row_lang != lang:
+                raise ValueError(f"{where}: row language {row_lang!r} differs from the file's language {lang!r}")
+            key = urlparse(url).path
+            instances.add(key, _wit_image(row, images, where), [{"language": lang, "text": _text(caption, where)}], where)
+    return instances.to_dataset(selected, what)
+
+
+# --------------------------------------------------------------------------------------------------- Multi30K
+
+
+def _read_lines(path: Path) -> list[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        return [line.rstrip("\r\n") for line in handle]
+
+
+def load_multi30k(
+    root: str | Path,
+    split: str = "test_2016_flickr",
+    languages: Sequence[str] | None = None,
+    image_root: str | Path | None = None,
+) -> Dataset:
+    """Multi30K task 1: ``data/task1/raw/<split>.<lang>`` (or ``.gz``), one caption per line, aligned with
+    ``data/task1/image_splits/<split>.txt`` (one image file name per line)."""
+    root = Path(root)
+    task = root / "data" / "task1" if (root / "data" / "task1").is_dir() else root
+    split_file = task / "image_splits" / f"{split}.txt"
+    if not split_file.is_file():
+        raise FileNotFoundError(f"Multi30K image list {split_file} does not exist")
+    files: dict[str, Path] = {}
+    for path in sorted((task / "raw").glob(f"{split}.*")):
+        lang = path.name[len(split) + 1 :].removesuffix(".gz")
+        if "." not in lang:
+            files.setdefault(lang, path)
+    what = f"Multi30K split {split!r} in {task}"
+    selected = _select_languages(files, languages, what)
+    images = _default_image_root(image_root, root, what)
+    names = _read_lines(split_file)
+    instances = _Instances()
+    image_paths = []
+    for line_no, name in enumerate(names, start=1):
+        if not name.strip():
+            raise ValueError(f"{split_file}:{line_no}: empty image name")
+        image_paths.append(_image_file(images, name.strip(), f"{split_file}:{line_no}"))
+    for lang in selected:
+        _check_language(lang, str(files[lang]))
+        lines = _read_lines(files[lang])
+        if len(lines) != len(names):
+            raise ValueError(f"{files[lang]} has {len(lines)} lines but {split_file} lists {len(names)} images")
+        for line_no, (name, path, text) in enumerate(zip(names, image_paths, lines), start=1):
+            where = f"{files[lang]}:{line_no}"
+            instances.add(name.strip(), path, [{"language": lang, "text": _text(text, where)}], where)
+    return instances.to_dataset(selected, what)
+
+
+# ----------------------------------------------------------------------------------------- COCO-style JSON
+
+
+def _coco_files(path: Path, split: str) -> dict[str, Path]:
+    if path.is_file():
+        return {path.name.split(".")[0]: path}
+    return {p.name.split(".")[0]: p for p in sorted(path.glob(f"*.{split}.json"))}
+
+
+def load_coco_json(
+    path: str | Path, split: str = "test", languages: Sequence[str] | None = None, image_root: str | Path | None = None
+) -> Dataset:
+    """COCO-style JSON as the paper's code uses, one file per language: ``<lang>.<split>.json``.
+
+    Train files are lists of ``{"caption": str, "image": path, "image_id": ...}``; val/test files lists of
+    ``{"image": path, "caption": [str, ...]}`` (``image_id`` optional). Instances are keyed by ``image_id``
+    when present, else by the image path. ``image_root`` defaults to the JSON files' folder."""
+    path = Path(path)
+    files = _coco_files(path, split)
+    what = f"COCO-style JSON {path}" + ("" if path.is_file() else f" (split {split!r})")
+    selected = _select_languages(files, languages, what)
+    folder = path.parent if path.is_file() else path
+    images = Path(image_root) if image_root is not None else folder
+    instances = _Instances()
+    for lang in selected:
+        _check_language(lang, str(files[lang]))
+        try:
+            entries = json.loads(files[lang].read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{files[lang]}:{err.lineno}: not valid JSON ({err.msg})") from None
+        if not isinstance(entries, list):
+            raise ValueError(f"{files[lang]}: expected a JSON list of entries, got {type(entries).__name__}")
+        for number, entry in enumerate(entries):
+            where = f"{files[lang]}: entry {number}"
+            if not isinstance(entry, dict):
+                raise ValueError(f"{where}: malformed entry, expected an object, got {type(entry).__name__}")
+            image_name = _field(entry, "image", str, where)
+            captions = _field(entry, "caption", (str, list), where)
+            captions = [captions] if isinstance(captions, str) else captions
+            key = str(entry["image_id"]) if entry.get("image_id") is not None else image_name
+            image = _image_file(images, image_name, where)
+            instances.add(key, image, [{"language": lang, "text": _text(c, where)} for c in captions], where)
+    return instances.to_dataset(selected, what)
+
+
+# ------------------------------------------------------------------------------------------------------ plain
+
+_IMAGE_KEYS = ("image", "file_name", "image_path")
+_TEXT_KEYS = ("text", "caption")
+_LANG_KEYS = ("language", "lang")
+
+
+def _first(row: dict, keys: Sequence[str], where: str) -> Any:
+    for key in keys:
+        if row.get(key) not in (None, ""):
+            return row[key]
+    raise ValueError(f"{where}: malformed row, needs one of the fields {list(keys)} (has {sorted(row)})")
+
+
+def _add_plain_row(instances: _Instances, row: dict, images: Path, where: str) -> None:
+    image_name = _first(row, _IMAGE_KEYS, where)
+    if not isinstance(image_name, str):
+        raise ValueError(f"{where}: malformed row, the image field should be a file path")
+    image = _image_file(images, image_name, where)
+    key = str(row["image_id"]) if row.get("image_id") not in (None, "") else image_name
+    if isinstance(row.get("captions"), list):
+        captions = []
+        for caption in row["captions"]:
+            if not isinstance(caption, dict):
+                raise ValueError(f"{where}: malformed row, captions must be {{language, text}} objects")
+            captions.append({
+                "language": _check_language(_first(caption, _LANG_KEYS, where), where),
+                "text": _text(_first(caption, _TEXT_KEYS, where), where),
+            })
+    else:
+        captions = [{
+            "language": _check_language(_first(row, _LANG_KEYS, where), where),
+            "text": _text(_first(row, _TEXT_KEYS, where), where),
+        }]
+    instances.add(key, image, captions, where)
+
+
+def load_csv(
+    path: str | Path, languages: Sequence[str] | None = None, image_root: str | Path | None = None
+) -> Dataset:
+    """CSV with a header and one caption per row: ``image`` (or ``file_name``), ``text`` (or ``caption``),
+    ``language``, optional ``image_id``. Image paths are relative to ``image_root`` (default: the CSV's folder)."""
+    path = Path(path)
+    images = Path(image_root) if image_root is not None else path.parent
+    instances = _Instances()
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames:
+            raise ValueError(f"{path}: empty CSV (a header row is needed)")
+        for row in reader:
+            if None in row:
+                raise ValueError(f"{path}:{reader.line_num}: malformed row, more fields than the header has")
+            _add_plain_row(instances, row, images, f"{path}:{reader.line_num}")
+    return instances.to_dataset(_available(instances, languages, str(path)), str(path))
+
+
+def load_jsonl(
+    path: str | Path, languages: Sequence[str] | None = None, image_root: str | Path | None = None
+) -> Dataset:
+    """JSONL, either one caption per row (``image``, ``text``, ``language``, optional ``image_id``) or one
+    instance per row (``image``, optional ``image_id``, ``captions``: ``[{language, text}, ...]``)."""
+    path = Path(path)
+    images = Path(image_root) if image_root is not None else path.parent
+    instances = _Instances()
+    for line_no, row in _read_jsonl(path):
+        _add_plain_row(instances, row, images, f"{path}:{line_no}")
+    return instances.to_dataset(_available(instances, languages, str(path)), str(path))
+
+
+def _available(instances: _Instances, languages: Sequence[str] | None, what: str) -> list[str]:
+    present = {c["language"] for row in instances._rows.values() for c in row["captions"]}
+    return _select_languages(present, languages, what)
+
+
+def load_image_folder(
+    folder: str | Path, languages: Sequence[str] | None = None, image_root: str | Path | None = None
+) -> Dataset:
+    """A folder of images with ``metadata.csv`` or ``metadata.jsonl`` (the Hugging Face imagefolder
+    convention: ``file_name`` plus ``text``/``language`` or ``captions``)."""
+    folder = Path(folder)
+    root = image_root if image_root is not None else folder
+    if (folder / "metadata.jsonl").is_file():
+        return load_jsonl(folder / "metadata.jsonl", languages, root)
+    if (folder / "metadata.csv").is_file():
+        return load_csv(folder / "metadata.csv", languages, root)
+    raise ValueError(f"{folder}: an image folder needs metadata.csv or metadata.jsonl")
+
+
+def load_parquet(path: str | Path, split: str | None = None, languages: Sequence[str] | None = None) -> Dataset:
+    """Parquet in the canonical form (a file, or a folder with ``<split>.parquet``)."""
+    from .dataset_schema import check_ccr_dataset
+
+    path = Path(path)
+    if path.is_dir():
+        file = path / f"{split or 'test'}.parquet"
+        if not file.is_file():
+            found = sorted(p.stem for p in path.glob("*.parquet"))
+            raise ValueError(f"{path}: no split {split or 'test'!r} (found {found})")
+        path = file
+    dataset = Dataset.from_parquet(str(path))
+    check_ccr_dataset(dataset, str(path))
+    dataset = dataset.cast(CCR_FEATURES) if dataset.features != CCR_FEATURES else dataset
+    if languages is not None:
+        present = {c["language"] for caps in dataset["captions"] for c in caps}
+        wanted = _select_languages(present, languages, str(path))
+        dataset = dataset.map(lambda row: {"captions": [c for c in row["captions"] if c["language"] in wanted]})
+        dataset = dataset.filter(lambda row: len(row["captions"]) > 0)
+    return dataset
+
+
+# --------------------------------------------------------------------------------------------- detection
+
+
+def _first_json_row(path: Path) -> dict:
+    for _, row in _read_jsonl(path):
+        return row
+    return {}
+
+
+def detect_format(path: str | Path) -> str:
+    """Name of the format ``path`` holds: xflickrco, wit, multi30k, coco, csv, jsonl, imagefolder, parquet.
+
+    Raises ``ValueError`` ("unknown format") otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".parquet":
+            return "parquet"
+        if suffix == ".csv":
+            return "csv"
+        if suffix == ".json":
+            return "coco"
+        if suffix == ".jsonl":
+            row = _first_json_row(path)
+            if "caption_reference_description" in row:
+                return "wit"
+            return "jsonl"
+        raise ValueError(f"{path}: unknown format (expected .parquet, .csv, .json, .jsonl or a dataset folder)")
+    annotations = path / "annotations" if (path / "annotations").is_dir() else path
+    if (path / "data" / "task1" / "raw").is_dir() or ((path / "raw").is_dir() and (path / "image_splits").is_dir()):
+        return "multi30k"
+    for sub in sorted(p for p in annotations.iterdir() if p.is_dir()):
+        jsonl = sorted(sub.glob("*.jsonl"))
+        if jsonl and "sentences" in _first_json_row(jsonl[0]):
+            return "xflickrco"
+    for file in sorted(annotations.glob("*_*.jsonl")):
+        if "caption_reference_description" in _first_json_row(file):
+            return "wit"
+    if any(path.glob("*.*.json")):
+        return "coco"
+    if (path / "metadata.csv").is_file() or (path / "metadata.jsonl").is_file():
+        return "imagefolder"
+    if any(path.glob("*.parquet")):
+        return "parquet"
+    raise ValueError(
+        f"{path}: unknown format; expected an IGLUE xFlickr&CO or WIT folder, Multi30K (data/task1), COCO-style "
+        "<lang>.<split>.json files, an image folder with metadata.csv/jsonl, Parquet, or a .csv/.jsonl file"
+    )
+
+
+def load_ccr_dataset(
+    path: str | Path,
+    split: str | None = None,
+    image_root: str | Path | None = None,
+    languages: Sequence[str] | None = None,
+) -> Dataset:
+    """Load any supported format (see :func:`detect_format`) into the canonical CCR dataset.
+
+    ``split`` defaults to ``test`` (``test_2016_flickr`` for Multi30K); it is ignored for single files."""
+    fmt = detect_format(path)
+    if fmt == "xflickrco":
+        return load_xflickrco(path, split or "test", languages, image_root)
+    if fmt == "wit":
+        if Path(path).is_file():
+            p = Path(path)
+            split_name, _, lang = p.stem.rpartition("_")
+            return load_wit(p.parent, split_name, [lang] if languages is None else languages, image_root)
+        return load_wit(path, split or "test", languages, image_root)
+    if fmt == "multi30k":
+        return load_multi30k(path, split or "test_2016_flickr", languages, image_root)
+    if fmt == "coco":
+        return load_coco_json(path, split or "test", languages, image_root)
+    if fmt == "csv":
+        return load_csv(path, languages, image_root)
+    if fmt == "jsonl":
+        return load_jsonl(path, languages, image_root)
+    if fmt == "imagefolder":
+        return load_image_folder(path, languages, image_root)
+    return load_parquet(path, split, languages)

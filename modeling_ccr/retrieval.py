@@ -1,0 +1,677 @@
+"""Cross-lingual retrieval evaluation: ranks, Recall@K per language and direction, and MRV.
+
+- TR (image -> text) per language: the gallery is that language's captions; an image's rank in language k
+  is the best rank among its captions in k.
+- IR (text -> image): for every caption, the rank of its image among all images.
+- Rank = 1 + number of gallery items scoring *strictly* higher than the gold item (ties favour the gold).
+
+Ranks are counted block by block over *query* rows (bounded memory whatever the gallery size), and the
+gold score is always read from the same block's matmul result, so rounding differences between blocks
+cannot create off-by-one ranks. Optional stage 2 re-scores each query's top-k with a pair scorer (the
+ITM head of models with fusion layers), as the paper does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .mrv_core import compute_mrv
+
+DEFAULT_BLOCK_ELEMENTS = 1 << 25  # scores held at once: 32M floats = 128 MiB
+
+
+@dataclass
+class RetrievalRanks:
+    """Stage-1 (or re-ranked) ranks of one evaluation.
+
+    ``tr_ranks``: float (N_images, K) with NaN where the image has no caption in that language.
+    ``ir_ranks``: int (T,) rank of each caption's image. ``text_image_ids`` / ``text_languages``: (T,)
+    for the texts that were evaluated (those in ``languages``); ``text_indices``: their positions in the
+    caller's text list. ``tr_topk`` (N, K, k) global text indices (-1 = none) and ``ir_topk`` (T, k)
+    image indices are kept when a top-k was requested (for re-ranking).
+    """
+
+    tr_ranks: np.ndarray
+    ir_ranks: np.ndarray
+    languages: list[str]
+    text_image_ids: np.ndarray
+    text_languages: np.ndarray
+    text_indices: np.ndarray
+    tr_topk: np.ndarray | None = None
+    ir_topk: np.ndarray | None = None
+
+    @property
+    def num_images(self) -> int:
+        return int(self.tr_ranks.shape[0])
+
+    @property
+    def num_texts(self) -> int:
+        return int(self.ir_ranks.shape[0])
+
+    def ir_rank_matrix(self) -> np.ndarray:
+        """(N_images, K) IR ranks per image and language: the best rank among the image's captions in that
+        language (the same rule as TR), NaN where it has none. This is what MRV_IR is computed on."""
+        out = np.full(self.tr_ranks.shape, np.inf)
+        cols = _language_codes(self.text_languages, self.languages)
+        np.minimum.at(out, (self.text_image_ids, cols), self.ir_ranks.astype(np.float64))
+        out[np.isinf(out)] = np.nan
+        return out
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+def _language_codes(text_languages: np.ndarray, languages: Sequence[str]) -> np.ndarray:
+    """Index into ``languages`` of every text's language (every one must be there)."""
+    names, inverse = np.unique(np.asarray(text_languages, dtype=str), return_inverse=True)
+    position = {lang: k for k, lang in enumerate(languages)}
+    return np.array([position[name] for name in names], dtype=np.int64)[inverse.reshape(-1)]
+
+
+def _as_float_tensor(name: str, value: Any, check_finite: bool = True) -> torch.Tensor:
+    tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    if tensor.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (items x dim), got shape {tuple(tensor.shape)}")
+    if not tensor.is_floating_point():
+        tensor = tensor.float()
+    elif tensor.dtype in (torch.float16, torch.bfloat16) and tensor.device.type == "cpu":
+        tensor = tensor.float()
+    if check_finite and not _all_finite(tensor):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return tensor.detach()
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    if tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64):
+        return bool(np.isfinite(tensor.detach().numpy()).all())  # several times faster than torch.isfinite on CPU
+    return bool(torch.isfinite(tensor).all())
+
+
+@dataclass
+class _TextIndex:
+    """Texts kept for evaluation, permuted so that each language is one contiguous slice."""
+
+    languages: list[str]
+    image_ids: np.ndarray  # (T,) kept texts, caller order
+    text_languages: np.ndarray  # (T,) str
+    kept: np.ndarray  # (T,) positions in the caller's list
+    order: np.ndarray  # (T,) sorted position -> kept position
+    bounds: list[tuple[int, int]]  # per language [lo, hi) in sorted order
+    pair_images: np.ndarray  # (T,) image of each sorted text, the pairs sorted by image
+    pair_cols: np.ndarray  # (T,) its sorted column
+    pair_langs: np.ndarray  # (T,) its language index
+
+
+def _index_texts(text_image_ids: Any, text_languages: Sequence[str], num_images: int,
+                 languages: Sequence[str] | None) -> _TextIndex:
+    ids = np.asarray(text_image_ids.cpu() if isinstance(text_image_ids, torch.Tensor) else text_image_ids)
+    if ids.ndim != 1:
+        raise ValueError(f"text_image_ids must be 1-D, got shape {ids.shape}")
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"text_image_ids must hold integers, got dtype {ids.dtype}")
+    ids = ids.astype(np.int64)
+    langs = np.asarray(text_languages, dtype=str) if len(text_languages) else np.zeros(0, dtype=str)
+    if len(langs) != len(ids):
+        raise ValueError(f"text_languages has {len(langs)} entries but text_image_ids has {len(ids)}")
+    if ids.size == 0:
+        raise ValueError("there are no texts to evaluate")
+    if ids.min() < 0 or ids.max() >= num_images:
+        bad = int(ids[(ids < 0) | (ids >= num_images)][0])
+        raise ValueError(f"text_image_ids holds {bad}, outside [0, {num_images}) (the number of images)")
+    present, inverse = np.unique(langs, return_inverse=True)
+    present = [str(lang) for lang in present]
+    if languages is None:
+        languages = present
+    else:
+        languages = [str(lang) for lang in languages]
+        unknown = [lang for lang in languages if lang not in present]
+        if unknown:
+            raise ValueError(f"language(s) {unknown} have no text; the texts have {present}")
+        if len(set(languages)) != len(languages):
+            raise ValueError(f"languages has duplicates: {languages}")
+    code_of_present = np.array([languages.index(lang) if lang in languages else -1 for lang in present])
+    all_codes = code_of_present[inverse.reshape(-1)]
+    kept = np.flatnonzero(all_codes >= 0)
+    codes = all_codes[kept]
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    bounds = []
+    for k in range(len(languages)):
+        lo, hi = np.searchsorted(sorted_codes, k, "left"), np.searchsorted(sorted_codes, k, "right")
+        bounds.append((int(lo), int(hi)))
+    sorted_images = ids[kept[order]]
+    by_image = np.argsort(sorted_images, kind="stable")
+    return _TextIndex(
+        list(languages), ids[kept], langs[kept], kept, order, bounds,
+        sorted_images[by_image], by_image, sorted_codes[by_image],
+    )
+
+
+def _rows_per_block(width: int, chunk_size: int | None, max_block_elements: int) -> int:
+    if chunk_size is not None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        return chunk_size
+    return max(1, max_block_elements // max(1, width))
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="block")
+
+
+# ------------------------------------------------------------------------------------------ the counting
+
+_CACHE_ELEMENTS = 1 << 19  # scores compared at once on the CPU (2 MiB of float32), so temporaries stay in cache
+
+
+def _cpu_workers() -> int:
+    return max(1, min(8, torch.get_num_threads()))
+
+
+def _run_row_ranges(work: Callable[[int, int], Any], num_rows: int) -> list[Any]:
+    """Run ``work(s, e)`` over contiguous row ranges in threads (numpy releases the GIL while counting)."""
+    workers = min(_cpu_workers(), max(1, num_rows // 64))
+    if workers == 1:
+        return [work(0, num_rows)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    edges = np.linspace(0, num_rows, workers + 1).astype(int)
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(work, edges[:-1], edges[1:]))
+
+
+def _count_greater_per_row(scores: torch.Tensor, gold: torch.Tensor) -> np.ndarray:
+    """For each row r: number of entries of ``scores[r]`` strictly greater than ``gold[r]``."""
+    if scores.device.type != "cpu":
+        return (scores > gold[:, None]).sum(dim=1).cpu().numpy()
+    values, threshold = scores.numpy(), gold.numpy()
+    out = np.empty(values.shape[0], dtype=np.int64)
+    step = max(1, _CACHE_ELEMENTS // max(1, values.shape[1]))
+
+    def work(s0: int, s1: int) -> None:
+        for s in range(s0, s1, step):
+            e = min(s + step, s1)
+            out[s:e] = np.count_nonzero(values[s:e] > threshold[s:e, None], axis=1)
+
+    _run_row_ranges(work, values.shape[0])
+    return out
+
+
+def _count_full_matrix(
+    scores: torch.Tensor, best: torch.Tensor, ir_gold: torch.Tensor, bounds: list[tuple[int, int]], check_finite: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """One pass over a full (N, T) score matrix: TR counts (N, K) against the per-language row golds
+    ``best`` and IR counts (T,) against the column golds ``ir_gold``, each cache-sized row block read once."""
+    num_rows, num_cols = scores.shape
+    if scores.device.type != "cpu":
+        tr = torch.stack([(scores[:, lo:hi] > best[:, k, None]).sum(1) for k, (lo, hi) in enumerate(bounds)], 1)
+        ir = (scores > ir_gold[None, :]).sum(0)
+        if check_finite and not torch.isfinite(scores).all():
+            raise ValueError("scores contains NaN or infinite values")
+        return tr.cpu().numpy(), ir.cpu().numpy()
+    values, row_gold, col_gold = scores.numpy(), best.numpy(), ir_gold.numpy()
+    tr = np.empty((num_rows, len(bounds)), dtype=np.int64)
+    step = max(1, _CACHE_ELEMENTS // max(1, num_cols))
+
+    def work(s0: int, s1: int) -> tuple[np.ndarray, bool]:
+        ir, finite = np.zeros(num_cols, dtype=np.int64), True
+        for s in range(s0, s1, step):
+            e = min(s + step, s1)
+            block = values[s:e]
+            if check_finite:
+                finite &= bool(np.isfinite(block.sum()))
+            for k, (lo, hi) in enumerate(bounds):
+                tr[s:e, k] = np.count_nonzero(block[:, lo:hi] > row_gold[s:e, k, None], axis=1)
+            ir += np.count_nonzero(block > col_gold[None, :], axis=0)
+        return ir, finite
+
+    parts = _run_row_ranges(work, num_rows)
+    if not all(finite for _, finite in parts) and not _all_finite(scores):
+        raise ValueError("scores contains NaN or infinite values")
+    return tr, np.sum([ir for ir, _ in parts], axis=0)
+
+
+def _best_gold(scores: torch.Tensor, start: int, stop: int, index: _TextIndex) -> torch.Tensor:
+    """(stop-start, K): per image row and language, the best score among the image's captions in that
+    language (-inf if none), read from ``scores`` (rows start:stop, all sorted texts) itself."""
+    num_langs = len(index.languages)
+    a, b = np.searchsorted(index.pair_images, [start, stop])
+    best = torch.full(((stop - start) * num_langs,), -math.inf, dtype=scores.dtype, device=scores.device)
+    if a < b:
+        rows = torch.as_tensor(index.pair_images[a:b] - start, device=scores.device)
+        gold = scores[rows, torch.as_tensor(index.pair_cols[a:b], device=scores.device)]
+        slots = rows * num_langs + torch.as_tensor(index.pair_langs[a:b], device=scores.device)
+        best = best.scatter_reduce(0, slots, gold, reduce="amax")
+    return best.view(stop - start, num_langs)
+
+
+def _count_ranks(
+    index: _TextIndex,
+    num_images: int,
+    full: torch.Tensor | None,
+    image_block: Callable[[int, int], torch.Tensor] | None,
+    text_block: Callable[[int, int], torch.Tensor] | None,
+    chunk_size: int | None,
+    max_block_elements: int,
+    top_k: int,
+    progress: bool,
+    check_finite: bool = False,
+) -> RetrievalRanks:
+    """Shared by every score source.
+
+    Either ``full`` (N, T) holds all scores (texts in sorted order) and both directions read from it, or
+    ``image_block(s, e)`` -> (e-s, T) and ``text_block(s, e)`` -> (e-s, N) compute query blocks, and each
+    block's gold scores come from that block.
+    """
+    num_texts = len(index.order)
+    num_langs = len(index.languages)
+    tr = np.full((num_images, num_langs), np.nan)
+    tr_topk = np.full((num_images, num_langs, top_k), -1, dtype=np.int64) if top_k else None
+    sorted_to_kept = index.order
+    gold_images = index.image_ids[sorted_to_kept]  # image of each sorted text
+    ir_sorted = np.ones(num_texts, dtype=np.int64)
+    has_caption = np.zeros((num_images, num_langs), dtype=bool)
+    has_caption[index.pair_images, index.pair_langs] = True
+
+    if full is not None:
+        ir_gold = full[torch.as_tensor(gold_images, device=full.device), torch.arange(num_texts, device=full.device)]
+        tr_counts, ir_counts = _count_full_matrix(
+            full, _best_gold(full, 0, num_images, index), ir_gold, index.bounds, check_finite
+        )
+        tr[has_caption] = tr_counts[has_caption] + 1
+        ir_sorted += ir_counts
+    if full is None or top_k:
+        rows = _rows_per_block(num_texts, chunk_size, max_block_elements) if full is None else max(
+            1, _CACHE_ELEMENTS // max(1, num_texts)
+        )
+        starts = range(0, num_images, rows)
+        for start in _progress(starts, len(starts), "TR ranks", progress):
+            stop = min(start + rows, num_images)
+            scores = full[start:stop] if full is not None else image_block(start, stop)
+            if full is None:
+                best = _best_gold(scores, start, stop, index)
+            for k, (lo, hi) in enumerate(index.bounds):
+                if full is None:
+                    counts = _count_greater_per_row(scores[:, lo:hi], best[:, k].contiguous()) + 1
+                    mask = has_caption[start:stop, k]
+                    tr[start:stop, k][mask] = counts[mask]
+                if top_k:
+                    kk = min(top_k, hi - lo)
+                    cand = scores[:, lo:hi].topk(kk, dim=1).indices.cpu().numpy() + lo
+                    tr_topk[start:stop, k, :kk] = sorted_to_kept[cand]
+
+    ir_topk_sorted = np.full((num_texts, top_k), -1, dtype=np.int64) if top_k else None
+    if full is None or top_k:
+        rows = _rows_per_block(num_images, chunk_size, max_block_elements)
+        starts = range(0, num_texts, rows)
+        for start in _progress(starts, len(starts), "IR ranks", progress):
+            stop = min(start + rows, num_texts)
+            scores = full[:, start:stop].T if full is not None else text_block(start, stop)
+            if full is None:
+                cols = torch.as_tensor(gold_images[start:stop], device=scores.device)
+                gold = scores[torch.arange(stop - start, device=scores.device), cols]
+                ir_sorted[start:stop] = _count_greater_per_row(scores, gold) + 1
+            if top_k:
+                kk = min(top_k, num_images)
+                ir_topk_sorted[start:stop, :kk] = scores.topk(kk, dim=1).indices.cpu().numpy()
+
+    ir = np.empty(num_texts, dtype=np.int64)
+    ir[sorted_to_kept] = ir_sorted
+    ir_topk = None
+    if top_k:
+        ir_topk = np.empty_like(ir_topk_sorted)
+        ir_topk[sorted_to_kept] = ir_topk_sorted
+    return RetrievalRanks(
+        tr_ranks=tr,
+        ir_ranks=ir,
+        languages=index.languages,
+        text_image_ids=index.image_ids,
+        text_languages=index.text_languages,
+        text_indices=index.kept,
+        tr_topk=tr_topk,
+        ir_topk=ir_topk,
+    )
+
+
+def compute_retrieval_ranks(
+    image_embeds: Any,
+    text_embeds: Any,
+    text_image_ids: Any,
+    text_languages: Sequence[str],
+    languages: Sequence[str] | None = None,
+    chunk_size: int | None = None,
+    max_block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+    normalize: bool = True,
+    score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    top_k: int = 0,
+    progress: bool = False,
+) -> RetrievalRanks:
+    """TR and IR ranks from embeddings (numpy or torch, any device).
+
+    Scores are cosine similarities (``normalize=True``; the model's features are not normalised) or
+    ``score_fn(query_block, gallery) -> (b, G)``. When all N x T scores fit in ``max_block_elements``
+    they are computed by one matmul that serves both directions; otherwise query blocks of at most that
+    many scores are computed per direction (``chunk_size`` fixes the rows per block and forces blocks).
+    ``top_k > 0`` keeps each query's top-k candidates for :func:`rerank_ranks`. ``languages`` selects
+    (and orders) the languages evaluated.
+    """
+    images = _as_float_tensor("image_embeds", image_embeds)
+    texts = _as_float_tensor("text_embeds", text_embeds).to(images.device)
+    if images.shape[1] != texts.shape[1]:
+        raise ValueError(f"image_embeds have dim {images.shape[1]} but text_embeds have dim {texts.shape[1]}")
+    if texts.shape[0] != len(text_languages):
+        raise ValueError(f"text_embeds has {texts.shape[0]} rows but text_languages has {len(text_languages)}")
+    index = _index_texts(text_image_ids, text_languages, images.shape[0], languages)
+    if normalize:
+        images = torch.nn.functional.normalize(images, dim=-1)
+        texts = torch.nn.functional.normalize(texts, dim=-1)
+    texts = texts[torch.as_tensor(index.kept[index.order], device=texts.device)]
+    scorer = score_fn or (lambda query, gallery: query @ gallery.T)
+    one_matmul = chunk_size is None and images.shape[0] * texts.shape[0] <= max_block_elements
+
+    with torch.inference_mode():
+        return _count_ranks(
+            index,
+            images.shape[0],
+            scorer(images, texts) if one_matmul else None,
+            lambda s, e: scorer(images[s:e], texts),
+            lambda s, e: scorer(texts[s:e], images),
+            chunk_size,
+            max_block_elements,
+            top_k,
+            progress,
+        )
+
+
+def ranks_from_scores(
+    scores: Any,
+    text_image_ids: Any,
+    text_languages: Sequence[str],
+    languages: Sequence[str] | None = None,
+    chunk_size: int | None = None,
+    top_k: int = 0,
+) -> RetrievalRanks:
+    """TR and IR ranks from a precomputed (N_images, T) score matrix (e.g. from your own scorer).
+
+    Both directions read the one matrix; ``chunk_size`` sets the image rows compared at once."""
+    matrix = _as_float_tensor("scores", scores, check_finite=False)  # checked while counting
+    if matrix.shape[1] != len(text_languages):
+        raise ValueError(f"scores has {matrix.shape[1]} columns but there are {len(text_languages)} texts")
+    index = _index_texts(text_image_ids, text_languages, matrix.shape[0], languages)
+    columns = index.kept[index.order]
+    if not np.array_equal(columns, np.arange(matrix.shape[1])):
+        matrix = matrix[:, torch.as_tensor(columns, device=matrix.device)]
+    with torch.inference_mode():
+        return _count_ranks(
+            index, matrix.shape[0], matrix, None, None, chunk_size, DEFAULT_BLOCK_ELEMENTS, top_k, False, True
+        )
+
+
+# -------------------------------------------------------------------------------------------- stage 2
+
+
+def rerank_ranks(
+    ranks: RetrievalRanks,
+    pair_scores: Callable[[np.ndarray, np.ndarray], Any],
+    batch_size: int = 256,
+    progress: bool = False,
+) -> RetrievalRanks:
+    """Stage 2: re-score each query's stage-1 top-k with ``pair_scores(image_idx, text_idx) -> (P,)``.
+
+    ``text_idx`` index the evaluated texts (``ranks.text_image_ids`` order). If a gold item is among the
+    top-k, the new rank is 1 + the number of top-k candidates scoring strictly higher than the (best) gold
+    one; otherwise the stage-1 rank stays (items outside the top-k keep their order after it).
+    """
+    if ranks.tr_topk is None or ranks.ir_topk is None:
+        raise ValueError("ranks has no top-k candidates: compute them with top_k > 0 before re-ranking")
+    k = ranks.ir_topk.shape[1]
+    queries_per_batch = max(1, batch_size // max(1, k))
+
+    def score(images: np.ndarray, texts: np.ndarray) -> np.ndarray:
+        out = pair_scores(images, texts)
+        out = out.detach().float().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out, dtype=float)
+        if out.shape != images.shape:
+            raise ValueError(f"pair_scores returned shape {out.shape} for {images.shape[0]} pairs")
+        return out
+
+    tr = ranks.tr_ranks.copy()
+    todo = np.argwhere(~np.isnan(tr))  # (image, language) queries with a gold caption
+    batches = range(0, len(todo), queries_per_batch)
+    for start in _progress(batches, len(batches), "TR re-rank", progress):
+        chunk = todo[start : start + queries_per_batch]
+        cand = ranks.tr_topk[chunk[:, 0], chunk[:, 1]]  # (q, k)
+        valid = cand >= 0
+        q_images = np.broadcast_to(chunk[:, :1], cand.shape)
+        itm = np.full(cand.shape, -np.inf)
+        itm[valid] = score(q_images[valid], cand[valid])
+        is_gold = valid & (ranks.text_image_ids[np.where(valid, cand, 0)] == q_images)
+        best_gold = np.where(is_gold, itm, -np.inf).max(axis=1)
+        found = is_gold.any(axis=1)
+        new = 1 + (valid & (itm > best_gold[:, None])).sum(axis=1)
+        tr[chunk[found, 0], chunk[found, 1]] = new[found]
+
+    ir = ranks.ir_ranks.copy()
+    batches = range(0, ranks.num_texts, queries_per_batch)
+    for start in _progress(batches, len(batches), "IR re-rank", progress):
+        texts = np.arange(start, min(start + queries_per_batch, ranks.num_texts))
+        cand = ranks.ir_topk[texts]
+        valid = cand >= 0
+        q_texts = np.broadcast_to(texts[:, None], cand.shape)
+        itm = np.full(cand.shape, -np.inf)
+        itm[valid] = score(cand[valid], q_texts[valid])
+        is_gold = valid & (cand == ranks.text_image_ids[texts][:, None])
+        found = is_gold.any(axis=1)
+        gold_score = np.where(is_gold, itm, -np.inf).max(axis=1)
+        new = 1 + (valid & (itm > gold_score[:, None])).sum(axis=1)
+        ir[texts[found]] = new[found]
+
+    return RetrievalRanks(
+        tr_ranks=tr,
+        ir_ranks=ir,
+        languages=ranks.languages,
+        text_image_ids=ranks.text_image_ids,
+        text_languages=ranks.text_languages,
+        text_indices=ranks.text_indices,
+        tr_topk=ranks.tr_topk,
+        ir_topk=ranks.ir_topk,
+    )
+
+
+# -------------------------------------------------------------------------------------------- metrics
+
+
+def _nan_to_none(value: float) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def _chance_recall(gallery: int, positives: np.ndarray, k: int) -> float:
+    """Expected recall@k of a random ranking: P(one of m positives among the first k of ``gallery``)."""
+    m = positives.astype(np.float64)
+    miss = np.ones_like(m)
+    for j in range(min(k, gallery)):
+        miss *= np.clip((gallery - m - j) / (gallery - j), 0.0, None)
+    return float(100.0 * np.mean(1.0 - miss))
+
+
+def retrieval_metrics(
+    ranks: RetrievalRanks, ks: Sequence[int] = (1, 5, 10), mrv_variant: str = "variance"
+) -> dict[str, Any]:
+    """Recall@K (percent) per language and direction, their averages, mean recall, MRV_TR and MRV_IR.
+
+    The layout is the one ``eval_results.json`` uses (see CONTRACT.md). ``chance`` gives the recall a
+    random ranking would get, for scale. NaN values (e.g. MRV with a single language) become ``None``.
+    """
+    ks = [int(k) for k in ks]
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    recall: dict[str, dict[str, dict[str, float]]] = {"TR": {}, "IR": {}}
+    chance: dict[str, dict[str, list[float]]] = {"TR": {f"R@{k}": [] for k in ks}, "IR": {f"R@{k}": [] for k in ks}}
+    codes = _language_codes(ranks.text_languages, ranks.languages)
+    for li, lang in enumerate(ranks.languages):
+        column = ranks.tr_ranks[:, li]
+        has = ~np.isnan(column)
+        recall["TR"][lang] = {f"R@{k}": float(100.0 * np.mean(column[has] <= k)) for k in ks}
+        mask = codes == li
+        recall["IR"][lang] = {f"R@{k}": float(100.0 * np.mean(ranks.ir_ranks[mask] <= k)) for k in ks}
+        positives = np.bincount(ranks.text_image_ids[mask], minlength=ranks.num_images)[has]
+        for k in ks:
+            chance["TR"][f"R@{k}"].append(_chance_recall(int(mask.sum()), positives, k))
+            chance["IR"][f"R@{k}"].append(_chance_recall(ranks.num_images, np.ones(1), k))
+    recall_avg = {
+        d: {f"R@{k}": float(np.mean([recall[d][lang][f"R@{k}"] for lang in ranks.languages])) for k in ks}
+        for d in ("TR", "IR")
+    }
+    mrv_tr = compute_mrv(ranks.tr_ranks, mrv_variant)
+    mrv_ir = compute_mrv(ranks.ir_rank_matrix(), mrv_variant)
+    return {
+        "languages": list(ranks.languages),
+        "num_images": ranks.num_images,
+        "num_texts": ranks.num_texts,
+        "recall": recall,
+        "recall_avg": recall_avg,
+        "mean_recall": float(np.mean([v for d in recall_avg.values() for v in d.values()])),
+        "mrv": {"TR": _nan_to_none(mrv_tr["mrv"]), "IR": _nan_to_none(mrv_ir["mrv"])},
+        "mrv_variant": mrv_variant,
+        "mrv_num_instances": {"TR": mrv_tr["num_instances"], "IR": mrv_ir["num_instances"]},
+        "chance": {d: {key: float(np.mean(v)) for key, v in chance[d].items()} for d in ("TR", "IR")},
+    }
+
+
+def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Flat scalar view for loggers: ``tr_r1_en``, ``ir_r5_de``, ``tr_r1_avg``, ``mean_recall``, ``mrv_tr``..."""
+    flat: dict[str, float] = {}
+    for direction, per_lang in metrics["recall"].items():
+        for lang, values in per_lang.items():
+            for key, value in values.items():
+                flat[f"{direction.lower()}_r{key[2:]}_{lang}"] = value
+    for direction, values in metrics["recall_avg"].items():
+        for key, value in values.items():
+            flat[f"{direction.lower()}_r{key[2:]}_avg"] = value
+    flat["mean_recall"] = metrics["mean_recall"]
+    for direction, value in metrics["mrv"].items():
+        flat[f"mrv_{direction.lower()}"] = math.nan if value is None else value
+    return flat
+
+
+# ------------------------------------------------------------------------------------- with a model
+
+
+def _features(output: Any, kind: str) -> torch.Tensor:
+    """Accept a tensor or a model output (``{kind}_embeds`` / ``pooler_output``, as CLIP in transformers 5)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    for name in (f"{kind}_embeds", "pooler_output"):
+        value = getattr(output, name, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"get_{kind}_features returned {type(output).__name__}; expected a tensor or an output with "
+                    f"{kind}_embeds / pooler_output")
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for parameter in model.parameters():
+        return parameter.device
+    return torch.device("cpu")
+
+
+def _to_device(batch: Any, device: torch.device) -> dict[str, Any]:
+    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in dict(batch).items()}
+
+
+def _flatten_captions(dataset: Any, languages: Sequence[str] | None) -> tuple[list[str], list[int], list[str]]:
+    texts, image_ids, text_languages = [], [], []
+    wanted = None if languages is None else set(languages)
+    for row, captions in enumerate(dataset.select_columns(["captions"])["captions"]):
+        for caption in captions:
+            if wanted is None or caption["language"] in wanted:
+                texts.append(caption["text"])
+                image_ids.append(row)
+                text_languages.append(caption["language"])
+    return texts, image_ids, text_languages
+
+
+def evaluate_retrieval(
+    model: torch.nn.Module,
+    processor: Any,
+    dataset: Any,
+    batch_size: int = 64,
+    languages: Sequence[str] | None = None,
+    rerank_top_k: int = 0,
+    progress: bool = True,
+    mrv_variant: str = "variance",
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int | None = None,
+) -> tuple[dict[str, Any], RetrievalRanks]:
+    """Encode a canonical CCR dataset with ``model`` / ``processor`` and evaluate retrieval.
+
+    Images are decoded batch by batch. ``rerank_top_k > 0`` adds stage 2 (ITM re-scoring of each query's
+    top-k), which needs a model with fusion layers (``get_image_tokens`` / ``itm_scores``); image tokens
+    are kept for all images during re-ranking. Returns ``(retrieval_metrics(...), ranks)``.
+    """
+    from .dataset_schema import check_ccr_dataset
+
+    check_ccr_dataset(dataset)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if rerank_top_k:
+        fusion = getattr(getattr(model, "config", None), "num_fusion_layers", 0) or 0
+        if fusion <= 0 or not hasattr(model, "itm_scores") or not hasattr(model, "get_image_tokens"):
+            raise ValueError("rerank_top_k needs a model with fusion layers (config.num_fusion_layers > 0) and an ITM head")
+    texts, text_image_ids, text_languages = _flatten_captions(dataset, languages)
+    if not texts:
+        raise ValueError(f"the dataset has no caption in the languages {list(languages or [])}")
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    images_only = dataset.select_columns(["image"])
+    try:
+        with torch.no_grad():
+            image_chunks, token_chunks = [], []
+            starts = range(0, len(dataset), batch_size)
+            for start in _progress(starts, len(starts), "encoding images", progress):
+                pil = [image.convert("RGB") for image in images_only[start : start + batch_size]["image"]]
+                pixel_values = _to_device(processor(images=pil), device)["pixel_values"]
+                image_chunks.append(_features(model.get_image_features(pixel_values=pixel_values), "image").float().cpu())
+                if rerank_top_k:
+                    token_chunks.append(model.get_image_tokens(pixel_values=pixel_values).cpu())
+            text_chunks = []
+            starts = range(0, len(texts), batch_size)
+            for start in _progress(starts, len(starts), "encoding texts", progress):
+                encoded = _to_device(processor(text=texts[start : start + batch_size]), device)
+                output = model.get_text_features(input_ids=encoded["input_ids"], attention_mask=encoded.get("attention_mask"))
+                text_chunks.append(_features(output, "text").float().cpu())
+            ranks = compute_retrieval_ranks(
+                torch.cat(image_chunks),
+                torch.cat(text_chunks),
+                np.asarray(text_image_ids),
+                text_languages,
+                languages=languages,
+                chunk_size=chunk_size,
+                top_k=rerank_top_k,
+                progress=progress,
+            )
+            if rerank_top_k:
+                image_tokens = torch.cat(token_chunks)
+                kept_texts = [texts[i] for i in ranks.text_indices]
+
+                def pair_scores(image_idx: np.ndarray, text_idx: np.ndarray) -> torch.Tensor:
+                    encoded = _to_device(processor(text=[kept_texts[i] for i in text_idx]), device)
+                    tokens = image_tokens[torch.as_tensor(image_idx)].to(device)
+                    return model.itm_scores(tokens, encoded["input_ids"], encoded.get("attention_mask"))
+
+                ranks = rerank_ranks(ranks, pair_scores, batch_size=batch_size, progress=progress)
+    finally:
+        model.train(was_training)
+    return retrieval_metrics(ranks, ks=ks, mrv_variant=mrv_variant), ranks

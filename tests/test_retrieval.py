@@ -1,0 +1,388 @@
+"""Retrieval ranks, Recall@K and MRV against an independent naive implementation (argsort per query)."""
+
+import math
+import types
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from PIL import Image
+
+from modeling_ccr.dataset_schema import CCR_FEATURES
+from modeling_ccr.retrieval import (
+    compute_retrieval_ranks,
+    evaluate_retrieval,
+    flatten_metrics,
+    ranks_from_scores,
+    rerank_ranks,
+    retrieval_metrics,
+)
+
+LANGS = ["de", "en", "ja"]
+
+
+# ------------------------------------------------------------------------------ the naive reference
+
+
+def _naive_rank(row: np.ndarray, gold_value: float) -> int:
+    """Position of the first gallery item with the gold score after a stable descending argsort."""
+    order = np.argsort(-row, kind="stable")
+    return int(np.flatnonzero(row[order] == gold_value)[0]) + 1
+
+
+def naive_ranks(scores, ids, langs, languages):
+    n, t = scores.shape
+    tr = np.full((n, len(languages)), np.nan)
+    for k, lang in enumerate(languages):
+        cols = [c for c in range(t) if langs[c] == lang]
+        for i in range(n):
+            golds = [c for c in cols if ids[c] == i]
+            if golds:
+                tr[i, k] = min(_naive_rank(scores[i, cols], scores[i, c]) for c in golds)
+    keep = [c for c in range(t) if langs[c] in languages]
+    ir = np.array([_naive_rank(scores[:, c], scores[ids[c], c]) for c in keep])
+    return tr, ir, keep
+
+
+def naive_metrics(tr, ir, ids, langs, languages, ks=(1, 5, 10)):
+    out = {"TR": {}, "IR": {}}
+    for k, lang in enumerate(languages):
+        col = tr[:, k][~np.isnan(tr[:, k])]
+        out["TR"][lang] = {f"R@{x}": 100.0 * sum(r <= x for r in col) / len(col) for x in ks}
+        mine = [r for r, lg in zip(ir, langs) if lg == lang]
+        out["IR"][lang] = {f"R@{x}": 100.0 * sum(r <= x for r in mine) / len(mine) for x in ks}
+
+    def mrv(matrix):
+        values = []
+        for row in matrix:
+            present = [v for v in row if not math.isnan(v)]
+            if len(present) >= 2:
+                mean = sum(present) / len(present)
+                values.append(sum((v - mean) ** 2 for v in present) / len(present))
+        return sum(values) / len(values)
+
+    ir_matrix = np.full(tr.shape, np.nan)
+    for r, i, lang in zip(ir, ids, langs):
+        k = languages.index(lang)
+        ir_matrix[i, k] = r if math.isnan(ir_matrix[i, k]) else min(ir_matrix[i, k], r)
+    return out, mrv(tr), mrv(ir_matrix)
+
+
+def _random_problem(seed, n_images=23, ties=True):
+    """Images with 0-3 captions per language (some languages missing), scores with many exact ties."""
+    rng = np.random.default_rng(seed)
+    ids, langs = [], []
+    for i in range(n_images):
+        for lang in LANGS:
+            for _ in range(rng.choice([0, 1, 1, 2, 3])):
+                ids.append(i)
+                langs.append(lang)
+    order = rng.permutation(len(ids))
+    ids, langs = np.array(ids)[order], [langs[j] for j in order]
+    scores = rng.normal(size=(n_images, len(ids)))
+    if ties:
+        scores = np.round(scores, 1)  # a few dozen distinct values: ties everywhere
+    return scores, ids, langs
+
+
+# ---------------------------------------------------------------------------------------- the tests
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, None])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ranks_from_scores_match_naive_with_ties_and_missing_languages(seed, chunk_size):
+    scores, ids, langs = _random_problem(seed)
+    ranks = ranks_from_scores(scores, ids, langs, chunk_size=chunk_size)
+    tr, ir, keep = naive_ranks(scores, ids, langs, LANGS)
+    np.testing.assert_array_equal(ranks.tr_ranks, tr)
+    np.testing.assert_array_equal(ranks.ir_ranks, ir)
+    assert ranks.languages == LANGS
+    assert np.isnan(ranks.tr_ranks).any()  # the fixture really has missing languages
+
+    metrics = retrieval_metrics(ranks)
+    recall, mrv_tr, mrv_ir = naive_metrics(tr, ir, ids, langs, LANGS)
+    for direction in ("TR", "IR"):
+        for lang in LANGS:
+            for key, value in recall[direction][lang].items():
+                assert metrics["recall"][direction][lang][key] == pytest.approx(value)
+    assert metrics["mrv"]["TR"] == pytest.approx(mrv_tr)
+    assert metrics["mrv"]["IR"] == pytest.approx(mrv_ir)
+    expected_mean = np.mean([v for d in recall.values() for lang in d.values() for v in lang.values()])
+    assert metrics["mean_recall"] == pytest.approx(expected_mean)
+
+
+def test_language_subset_and_order():
+    scores, ids, langs = _random_problem(3)
+    ranks = ranks_from_scores(scores, ids, langs, languages=["ja", "de"])
+    tr, ir, keep = naive_ranks(scores, ids, langs, ["ja", "de"])
+    np.testing.assert_array_equal(ranks.tr_ranks, tr)
+    np.testing.assert_array_equal(ranks.ir_ranks, ir)
+    np.testing.assert_array_equal(ranks.text_indices, keep)
+    assert set(ranks.text_languages) == {"ja", "de"}
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, None])
+def test_embeddings_exact_integer_scores_match_naive(chunk_size):
+    rng = np.random.default_rng(5)
+    _, ids, langs = _random_problem(5, n_images=17)
+    images = rng.integers(-2, 3, size=(17, 6)).astype(np.float32)
+    texts = rng.integers(-2, 3, size=(len(ids), 6)).astype(np.float32)
+    ranks = compute_retrieval_ranks(images, texts, ids, langs, chunk_size=chunk_size, normalize=False)
+    tr, ir, _ = naive_ranks(images.astype(np.float64) @ texts.T.astype(np.float64), ids, langs, LANGS)
+    np.testing.assert_array_equal(ranks.tr_ranks, tr)
+    np.testing.assert_array_equal(ranks.ir_ranks, ir)
+
+
+def test_embeddings_cosine_float64_match_naive_and_block_budget():
+    rng = np.random.default_rng(6)
+    _, ids, langs = _random_problem(6, n_images=31)
+    images = torch.tensor(rng.normal(size=(31, 8)))
+    texts = torch.tensor(rng.normal(size=(len(ids), 8)))
+    scores = (torch.nn.functional.normalize(images, dim=-1) @ torch.nn.functional.normalize(texts, dim=-1).T).numpy()
+    tr, ir, _ = naive_ranks(scores, ids, langs, LANGS)
+    for kwargs in ({}, {"max_block_elements": 50}):
+        ranks = compute_retrieval_ranks(images, texts, torch.tensor(ids), langs, **kwargs)
+        np.testing.assert_array_equal(ranks.tr_ranks, tr)
+        np.testing.assert_array_equal(ranks.ir_ranks, ir)
+
+
+def test_perfect_and_reversed_retrieval_metrics():
+    n = 12
+    ids = np.repeat(np.arange(n), 2)
+    langs = ["en", "de"] * n
+    perfect = np.full((n, 2 * n), -1.0)
+    perfect[ids, np.arange(2 * n)] = 1.0
+    metrics = retrieval_metrics(ranks_from_scores(perfect, ids, langs))
+    assert metrics["mean_recall"] == 100.0
+    assert metrics["mrv"] == {"TR": 0.0, "IR": 0.0}
+    # German always ranks the gold item last, English first: variance (n-1)^2/4 per instance
+    skewed = perfect.copy()
+    de_cols = np.arange(1, 2 * n, 2)
+    skewed[:, de_cols] = 0.5
+    skewed[ids[de_cols], de_cols] = 0.0
+    ranks = ranks_from_scores(skewed, ids, langs)
+    np.testing.assert_array_equal(ranks.tr_ranks[:, ranks.languages.index("de")], n)
+    metrics = retrieval_metrics(ranks)
+    assert metrics["mrv"]["TR"] == pytest.approx((n - 1) ** 2 / 4)
+    assert metrics["recall"]["TR"]["de"]["R@10"] == 0.0 and metrics["recall"]["TR"]["en"]["R@1"] == 100.0
+    std = retrieval_metrics(ranks, mrv_variant="std")
+    assert std["mrv"]["TR"] == pytest.approx((n - 1) / 2) and std["mrv_variant"] == "std"
+    assert metrics["chance"]["IR"]["R@1"] == pytest.approx(100.0 / n)
+    assert metrics["chance"]["TR"]["R@5"] == pytest.approx(500.0 / n)
+
+
+def test_flatten_metrics_keys():
+    scores, ids, langs = _random_problem(7)
+    metrics = retrieval_metrics(ranks_from_scores(scores, ids, langs))
+    flat = flatten_metrics(metrics)
+    assert flat["tr_r1_en"] == metrics["recall"]["TR"]["en"]["R@1"]
+    assert flat["ir_r5_de"] == metrics["recall"]["IR"]["de"]["R@5"]
+    assert flat["tr_r10_avg"] == metrics["recall_avg"]["TR"]["R@10"]
+    assert flat["mean_recall"] == metrics["mean_recall"]
+    assert flat["mrv_tr"] == metrics["mrv"]["TR"] and flat["mrv_ir"] == metrics["mrv"]["IR"]
+    assert all(isinstance(v, float) for v in flat.values())
+
+
+def test_single_language_gives_recall_and_no_mrv():
+    ids = np.arange(5)
+    metrics = retrieval_metrics(ranks_from_scores(np.eye(5), ids, ["en"] * 5))
+    assert metrics["mean_recall"] == 100.0
+    assert metrics["mrv"] == {"TR": None, "IR": None}
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"text_image_ids": [0, 9]}, ValueError, "outside"),
+        ({"text_languages": ["en"]}, ValueError, "text_languages"),
+        ({"languages": ["fr"]}, ValueError, "have no text"),
+        ({"image_embeds": np.full((3, 4), np.nan)}, ValueError, "NaN"),
+        ({"image_embeds": np.ones((3, 5))}, ValueError, "dim"),
+        ({"text_image_ids": [0.0, 1.0]}, TypeError, "integers"),
+        ({"chunk_size": 0}, ValueError, "chunk_size"),
+    ],
+)
+def test_bad_inputs_are_clear_errors(kwargs, error, message):
+    args = {
+        "image_embeds": np.ones((3, 4)),
+        "text_embeds": np.ones((2, 4)),
+        "text_image_ids": [0, 1],
+        "text_languages": ["en", "de"],
+    }
+    args.update(kwargs)
+    with pytest.raises(error, match=message):
+        compute_retrieval_ranks(**args)
+
+
+# ---------------------------------------------------------------------------------------------- stage 2
+
+
+def naive_rerank(stage1, itm, ids, langs, tr1, ir1, k):
+    tr = tr1.copy()
+    n, t = stage1.shape
+    for li, lang in enumerate(LANGS):
+        cols = np.array([c for c in range(t) if langs[c] == lang])
+        for i in range(n):
+            if math.isnan(tr1[i, li]):
+                continue
+            top = cols[np.argsort(-stage1[i, cols], kind="stable")[:k]]
+            golds = [c for c in top if ids[c] == i]
+            if golds:
+                best = max(itm[i, c] for c in golds)
+                tr[i, li] = 1 + sum(itm[i, c] > best for c in top)
+    ir = ir1.copy()
+    for c in range(t):
+        top = np.argsort(-stage1[:, c], kind="stable")[:k]
+        if ids[c] in top:
+            ir[c] = 1 + sum(itm[j, c] > itm[ids[c], c] for j in top)
+    return tr, ir
+
+
+@pytest.mark.parametrize("k", [1, 3, 50])
+def test_rerank_matches_naive(k):
+    scores, ids, langs = _random_problem(8, ties=False)
+    itm = np.round(np.random.default_rng(9).normal(size=scores.shape), 1)
+    ranks = ranks_from_scores(scores, ids, langs, top_k=k, chunk_size=5)
+    calls = []
+
+    def pair_scores(image_idx, text_idx):
+        calls.append(len(image_idx))
+        return torch.tensor(itm[image_idx, text_idx])
+
+    reranked = rerank_ranks(ranks, pair_scores, batch_size=16)
+    tr, ir = naive_rerank(scores, itm, ids, langs, ranks.tr_ranks, ranks.ir_ranks, k)
+    np.testing.assert_array_equal(reranked.tr_ranks, tr)
+    np.testing.assert_array_equal(reranked.ir_ranks, ir)
+    assert max(calls) <= max(16, k)
+    # re-scoring with the stage-1 scores themselves changes nothing
+    same = rerank_ranks(ranks, lambda i, t: scores[i, t])
+    np.testing.assert_array_equal(same.tr_ranks, ranks.tr_ranks)
+    np.testing.assert_array_equal(same.ir_ranks, ranks.ir_ranks)
+
+
+def test_rerank_needs_topk():
+    scores, ids, langs = _random_problem(10)
+    with pytest.raises(ValueError, match="top_k"):
+        rerank_ranks(ranks_from_scores(scores, ids, langs), lambda i, t: np.zeros(len(i)))
+
+
+# ------------------------------------------------------------------------------------- with a model
+
+
+class FakeProcessor:
+    """Processor-like callable: images -> pixel_values (mean colour), texts -> padded character ids."""
+
+    def __call__(self, images=None, text=None):
+        if images is not None:
+            arrays = [np.asarray(image, dtype=np.float32).mean(axis=(0, 1)) / 255.0 for image in images]
+            return {"pixel_values": torch.tensor(np.stack(arrays))}
+        width = max(len(t) for t in text)
+        ids = torch.zeros(len(text), width, dtype=torch.long)
+        mask = torch.zeros(len(text), width, dtype=torch.long)
+        for row, t in enumerate(text):
+            ids[row, : len(t)] = torch.tensor([ord(ch) % 97 for ch in t])
+            mask[row, : len(t)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+class FakeModel(torch.nn.Module):
+    """Tiny dual encoder with an ITM-like head; get_image_features returns an output object (CLIP 5.x)."""
+
+    def __init__(self, fusion_layers=0):
+        super().__init__()
+        torch.manual_seed(0)
+        self.config = types.SimpleNamespace(num_fusion_layers=fusion_layers)
+        self.vision = torch.nn.Linear(3, 8)
+        self.embed = torch.nn.Embedding(97, 8)
+        self.itm = torch.nn.Linear(8, 8, bias=False)
+
+    def get_image_features(self, pixel_values):
+        return types.SimpleNamespace(pooler_output=self.vision(pixel_values), last_hidden_state=None)
+
+    def get_text_features(self, input_ids, attention_mask=None):
+        return self._masked(input_ids, torch.ones_like(input_ids) if attention_mask is None else attention_mask)
+
+    def _masked(self, input_ids, attention_mask):
+        emb = self.embed.weight[input_ids] * attention_mask[..., None]
+        return emb.sum(1) / attention_mask.sum(1, keepdim=True)
+
+    def get_image_tokens(self, pixel_values):
+        base = self.vision(pixel_values)
+        return torch.stack([base, 2 * base], dim=1)
+
+    def itm_scores(self, image_tokens, input_ids, attention_mask):
+        return (self.itm(image_tokens.mean(1)) * self._masked(input_ids, attention_mask)).sum(-1)
+
+
+def _tiny_dataset(n=9):
+    rng = np.random.default_rng(11)
+    rows = {"image": [], "image_id": [], "captions": []}
+    words = ["red", "blue", "cat", "dog", "sun", "tree", "car", "boat", "fish"]
+    for i in range(n):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        rows["image"].append(Image.new("RGB", (4, 4), colour))
+        rows["image_id"].append(f"img{i}")
+        caps = [{"language": "en", "text": f"a {words[i]}"}, {"language": "de", "text": f"ein {words[i]}"}]
+        if i % 3:
+            caps.append({"language": "ja", "text": f"{words[i]} no e"})
+        rows["captions"].append(caps)
+    return Dataset.from_dict(rows, features=CCR_FEATURES)
+
+
+def test_evaluate_retrieval_with_fake_model_matches_direct_computation():
+    dataset = _tiny_dataset()
+    model, processor = FakeModel(), FakeProcessor()
+    metrics, ranks = evaluate_retrieval(model, processor, dataset, batch_size=4, progress=False)
+    with torch.no_grad():
+        pil = [image.convert("RGB") for image in dataset["image"]]
+        image_embeds = model.get_image_features(**processor(images=pil)).pooler_output
+        texts, ids, langs = [], [], []
+        for i, caps in enumerate(dataset["captions"]):
+            for cap in caps:
+                texts.append(cap["text"])
+                ids.append(i)
+                langs.append(cap["language"])
+        text_embeds = model.get_text_features(**processor(text=texts))
+    direct = compute_retrieval_ranks(image_embeds, text_embeds, np.array(ids), langs)
+    np.testing.assert_array_equal(ranks.tr_ranks, direct.tr_ranks)
+    np.testing.assert_array_equal(ranks.ir_ranks, direct.ir_ranks)
+    assert metrics == retrieval_metrics(direct)
+    assert metrics["languages"] == ["de", "en", "ja"] and metrics["num_texts"] == len(texts)
+    assert model.training  # training mode restored
+
+    sub, _ = evaluate_retrieval(model, processor, dataset, languages=["en", "ja"], progress=False)
+    assert sub["languages"] == ["en", "ja"]
+
+
+def test_evaluate_retrieval_rerank_uses_itm_head():
+    dataset = _tiny_dataset()
+    model, processor = FakeModel(fusion_layers=1), FakeProcessor()
+    metrics, ranks = evaluate_retrieval(model, processor, dataset, batch_size=4, rerank_top_k=3, progress=False)
+    stage1_metrics, stage1 = evaluate_retrieval(model, processor, dataset, batch_size=4, progress=False)
+    with torch.no_grad():
+        pil = [image.convert("RGB") for image in dataset["image"]]
+        tokens = model.get_image_tokens(**processor(images=pil))
+        texts = [cap["text"] for caps in dataset["captions"] for cap in caps]
+
+        def pair_scores(i, t):
+            enc = processor(text=[texts[j] for j in t])
+            return model.itm_scores(tokens[torch.as_tensor(i)], enc["input_ids"], enc["attention_mask"])
+
+        expected = rerank_ranks(
+            compute_retrieval_ranks(
+                model.get_image_features(**processor(images=pil)).pooler_output,
+                model.get_text_features(**processor(text=texts)),
+                stage1.text_image_ids,
+                stage1.text_languages,
+                top_k=3,
+            ),
+            pair_scores,
+        )
+    np.testing.assert_array_equal(ranks.tr_ranks, expected.tr_ranks)
+    np.testing.assert_array_equal(ranks.ir_ranks, expected.ir_ranks)
+    assert not np.array_equal(ranks.ir_ranks, stage1.ir_ranks) or not np.array_equal(ranks.tr_ranks, stage1.tr_ranks)
+    assert metrics["languages"] == stage1_metrics["languages"]
+
+    with pytest.raises(ValueError, match="fusion"):
+        evaluate_retrieval(FakeModel(fusion_layers=0), processor, dataset, rerank_top_k=3, progress=False)
