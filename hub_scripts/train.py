@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from transformers import AutoImageProcessor, AutoTokenizer, HfArgumentParser, ViTImageProcessorPil  # noqa: E402
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from modeling_ccr import CCRConfig, CCRModel, CCRProcessor  # noqa: E402
@@ -93,12 +94,12 @@ class TrainScriptArguments(CCRTrainingArguments):
     learning_rate: float = field(default=5e-4, metadata={"help": "Peak learning rate (AdamW)."})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay."})
     warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up: steps, or a fraction of all steps if < 1."})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    lr_scheduler_type: SchedulerType | str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
     logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
-    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate on --eval_split: no, steps, epoch."})
-    save_strategy: str = field(default="epoch", metadata={"help": "When to write a checkpoint: no, steps, epoch."})
+    eval_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "When to evaluate on --eval_split: no, steps, epoch."})
+    save_strategy: SaveStrategy | str = field(default="epoch", metadata={"help": "When to write a checkpoint: no, steps, epoch."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep only the newest N checkpoints."})
-    report_to: str | list[str] | None = field(default="tensorboard", metadata={"help": "Loggers: tensorboard, none, ..."})
+    report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "Loggers: tensorboard, none, ..."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data loading worker processes."})
     seed: int = field(default=42, metadata={"help": "Random seed (model init, sampling, masking)."})
     disable_tqdm: bool | None = field(default=False, metadata={"help": "Hide progress bars."})
@@ -178,7 +179,7 @@ def build_model(model_args: ModelArguments, tokenizer, vision_config, vision_pat
 def write_model_folder(model, processor, metrics: dict, ranks, destination: Path) -> None:
     """Write the Hub-ready folder to a temporary sibling, then move it into place: never half-written."""
     from modeling_ccr.publishing import render_model_card
-    from modeling_ccr.retrieval_report import plot_retrieval_report
+    from modeling_ccr.retrieval_report import save_report_plot
 
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".model-", dir=destination.parent))
@@ -186,8 +187,10 @@ def write_model_folder(model, processor, metrics: dict, ranks, destination: Path
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         (staging / "eval_results.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-        plot_retrieval_report(metrics, ranks, staging / "report.png")
-        render_model_card(staging, template=REPO_ROOT / "MODEL_CARD.md").save(staging / "README.md")
+        save_report_plot(metrics, ranks, staging / "report.png")
+        render_model_card(staging, template=REPO_ROOT / "MODEL_CARD.md", model_name=destination.parent.name).save(
+            staging / "README.md"
+        )
         if destination.exists():
             shutil.rmtree(destination)
         os.replace(staging, destination)

@@ -26,8 +26,8 @@ def test_help_documents_every_option():
                    "--captions_per_language", "--dataset", "--vision_model", "--text_model", "--num_fusion_layers",
                    "--output_dir", "--resume_from_checkpoint", "--rerank_top_k", "--itc_divide_by_k"):
         assert option in completed.stdout, option
-    ours = completed.stdout.split("--loss_type")[0]
-    assert "Vision tower" in ours and "Text tower" in ours
+    for text in ("Vision tower", "Text tower", "one_to_k, one_to_one, per_language, pivot", "EmojiCCR"):
+        assert text in " ".join(completed.stdout.split()), text
 
 
 def test_bad_option_is_rejected_before_training(tmp_path):
@@ -37,7 +37,7 @@ def test_bad_option_is_rejected_before_training(tmp_path):
     assert "Traceback" not in completed.stderr
     assert not (tmp_path / "out").exists()
     completed = _run("--no_such_option", "1")
-    assert completed.returncode == 2 and "no_such_option" in completed.stderr
+    assert completed.returncode != 0 and "no_such_option" in completed.stderr and "Traceback" not in completed.stderr
 
 
 def test_unknown_dataset_format_is_a_clear_error(tmp_path):
