@@ -190,6 +190,11 @@ def _run_row_ranges(work: Callable[[int, int], Any], num_rows: int) -> list[Any]
         return list(pool.map(work, edges[:-1], edges[1:]))
 
 
+def _row_counts(mask: np.ndarray) -> np.ndarray:
+    """True entries per row of a boolean matrix (summing its bytes is ~3x faster than np.count_nonzero)."""
+    return mask.view(np.uint8).sum(axis=1, dtype=np.int32)
+
+
 def _count_greater_per_row(scores: torch.Tensor, gold: torch.Tensor) -> np.ndarray:
     """For each row r: number of entries of ``scores[r]`` strictly greater than ``gold[r]``."""
     if scores.device.type != "cpu":
@@ -201,7 +206,7 @@ def _count_greater_per_row(scores: torch.Tensor, gold: torch.Tensor) -> np.ndarr
     def work(s0: int, s1: int) -> None:
         for s in range(s0, s1, step):
             e = min(s + step, s1)
-            out[s:e] = np.count_nonzero(values[s:e] > threshold[s:e, None], axis=1)
+            out[s:e] = _row_counts(values[s:e] > threshold[s:e, None])
 
     _run_row_ranges(work, values.shape[0])
     return out
@@ -231,8 +236,8 @@ def _count_full_matrix(
             if check_finite:
                 finite &= bool(np.isfinite(block.sum()))
             for k, (lo, hi) in enumerate(bounds):
-                tr[s:e, k] = np.count_nonzero(block[:, lo:hi] > row_gold[s:e, k, None], axis=1)
-            ir += np.count_nonzero(block > col_gold[None, :], axis=0)
+                tr[s:e, k] = _row_counts(block[:, lo:hi] > row_gold[s:e, k, None])
+            ir += (block > col_gold[None, :]).view(np.uint8).sum(axis=0, dtype=np.int32)
         return ir, finite
 
     parts = _run_row_ranges(work, num_rows)
@@ -246,6 +251,11 @@ def _best_gold(scores: torch.Tensor, start: int, stop: int, index: _TextIndex) -
     language (-inf if none), read from ``scores`` (rows start:stop, all sorted texts) itself."""
     num_langs = len(index.languages)
     a, b = np.searchsorted(index.pair_images, [start, stop])
+    if scores.device.type == "cpu":  # numpy gathers are much faster than torch advanced indexing on CPU
+        best_np = np.full((stop - start) * num_langs, -np.inf, dtype=scores.numpy().dtype)
+        rows_np = index.pair_images[a:b] - start
+        np.maximum.at(best_np, rows_np * num_langs + index.pair_langs[a:b], scores.numpy()[rows_np, index.pair_cols[a:b]])
+        return torch.from_numpy(best_np).view(stop - start, num_langs)
     best = torch.full(((stop - start) * num_langs,), -math.inf, dtype=scores.dtype, device=scores.device)
     if a < b:
         rows = torch.as_tensor(index.pair_images[a:b] - start, device=scores.device)
@@ -253,6 +263,13 @@ def _best_gold(scores: torch.Tensor, start: int, stop: int, index: _TextIndex) -
         slots = rows * num_langs + torch.as_tensor(index.pair_langs[a:b], device=scores.device)
         best = best.scatter_reduce(0, slots, gold, reduce="amax")
     return best.view(stop - start, num_langs)
+
+
+def _gather(scores: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
+    """``scores[rows, cols]`` (numpy indexing on CPU, torch on other devices)."""
+    if scores.device.type == "cpu":
+        return torch.from_numpy(np.ascontiguousarray(scores.numpy()[rows, cols]))
+    return scores[torch.as_tensor(rows, device=scores.device), torch.as_tensor(cols, device=scores.device)]
 
 
 def _count_ranks(
@@ -284,7 +301,7 @@ def _count_ranks(
     has_caption[index.pair_images, index.pair_langs] = True
 
     if full is not None:
-        ir_gold = full[torch.as_tensor(gold_images, device=full.device), torch.arange(num_texts, device=full.device)]
+        ir_gold = _gather(full, gold_images, np.arange(num_texts))
         tr_counts, ir_counts = _count_full_matrix(
             full, _best_gold(full, 0, num_images, index), ir_gold, index.bounds, check_finite
         )
@@ -318,8 +335,7 @@ def _count_ranks(
             stop = min(start + rows, num_texts)
             scores = full[:, start:stop].T if full is not None else text_block(start, stop)
             if full is None:
-                cols = torch.as_tensor(gold_images[start:stop], device=scores.device)
-                gold = scores[torch.arange(stop - start, device=scores.device), cols]
+                gold = _gather(scores, np.arange(stop - start), gold_images[start:stop])
                 ir_sorted[start:stop] = _count_greater_per_row(scores, gold) + 1
             if top_k:
                 kk = min(top_k, num_images)
