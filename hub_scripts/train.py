@@ -54,7 +54,7 @@ class ModelArguments:
                   "trained on the training captions."},
     )
     vocab_size: int = field(default=8000, metadata={"help": "Vocabulary size of a tokenizer trained on the data."})
-    max_text_length: int = field(default=32, metadata={"help": "Captions are truncated to this many tokens."})
+    max_text_length: int = field(default=16, metadata={"help": "Captions are truncated to this many tokens."})
     image_size: int = field(default=64, metadata={"help": "Input resolution of preset vision towers."})
     projection_dim: int = field(default=256, metadata={"help": "Dimension of the shared embedding space."})
     num_fusion_layers: int = field(
@@ -252,9 +252,8 @@ def run(prepared: PreparedRun) -> dict:
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
-    from modeling_ccr.retrieval_report import format_table
-
     from modeling_ccr.retrieval import evaluate_retrieval
+    from modeling_ccr.retrieval_report import format_table
 
     model.eval()
     metrics, ranks = evaluate_retrieval(

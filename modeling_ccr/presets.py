@@ -24,15 +24,15 @@ def vision_presets(image_size: int) -> dict[str, PretrainedConfig]:
     patch = max(4, image_size // 8)
     return {
         "tiny-vit": ViTConfig(
-            image_size=image_size, patch_size=patch, hidden_size=192, num_hidden_layers=4,
-            num_attention_heads=3, intermediate_size=768, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            image_size=image_size, patch_size=patch, hidden_size=128, num_hidden_layers=3,
+            num_attention_heads=4, intermediate_size=512, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         ),
         "tiny-swin": SwinConfig(
             image_size=image_size, patch_size=4, embed_dim=48, depths=[2, 2], num_heads=[3, 6], window_size=4,
         ),
         "tiny-clip-vision": CLIPVisionConfig(
-            image_size=image_size, patch_size=patch, hidden_size=192, num_hidden_layers=4,
-            num_attention_heads=3, intermediate_size=768,
+            image_size=image_size, patch_size=patch, hidden_size=128, num_hidden_layers=3,
+            num_attention_heads=4, intermediate_size=512,
         ),
     }
 
@@ -40,8 +40,8 @@ def vision_presets(image_size: int) -> dict[str, PretrainedConfig]:
 def text_presets(vocab_size: int, max_length: int) -> dict[str, PretrainedConfig]:
     """Small text towers; ``vocab_size`` must match the tokenizer."""
     common = dict(
-        vocab_size=vocab_size, hidden_size=192, num_hidden_layers=4, num_attention_heads=3,
-        intermediate_size=768, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
+        vocab_size=vocab_size, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=512, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
     )
     return {
         "tiny-bert": BertConfig(max_position_embeddings=max_length, **common),
