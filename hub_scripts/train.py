@@ -176,6 +176,28 @@ def build_model(model_args: ModelArguments, tokenizer, vision_config, vision_pat
     return CCRModel(CCRConfig.from_vision_text_configs(vision_config, text_config, **options))
 
 
+DEMO_IMAGE_ID, DEMO_QUERIES = "1f34e", ("roter Apfel", "pomme rouge", "红苹果", "red apple", "červené jablko", "赤いリンゴ")
+
+
+def demo_queries(model, processor) -> dict[str, int]:
+    """Rank of the red apple emoji among all EmojiCCR images (every split) for queries in several languages."""
+    from datasets import concatenate_datasets
+
+    from modeling_ccr.emoji_dataset import load_emoji_ccr
+
+    gallery = concatenate_datasets([split.select_columns(["image", "image_id"]) for split in load_emoji_ccr().values()])
+    with torch.no_grad():
+        images = torch.cat([
+            model.get_image_features(**processor(images=gallery[start:start + 256]["image"]))
+            for start in range(0, len(gallery), 256)
+        ])
+        texts = model.get_text_features(**processor(text=list(DEMO_QUERIES)))
+    scores = torch.nn.functional.normalize(texts, dim=-1) @ torch.nn.functional.normalize(images, dim=-1).T
+    gold = gallery["image_id"].index(DEMO_IMAGE_ID)
+    ranks = {query: int((scores[i] > scores[i, gold]).sum()) + 1 for i, query in enumerate(DEMO_QUERIES)}
+    return {"gallery_size": len(gallery), **ranks}
+
+
 def write_model_folder(model, processor, metrics: dict, ranks, destination: Path) -> None:
     """Write the Hub-ready folder to a temporary sibling, then move it into place: never half-written."""
     from modeling_ccr.publishing import render_model_card
@@ -268,9 +290,16 @@ def run(prepared: PreparedRun) -> dict:
         "seed": training_args.seed,
         **metrics,
     }
+    if data_args.dataset == "emoji":
+        metrics["demo_red_apple_rank"] = demo_queries(model, processor)
     if trainer.is_world_process_zero():
         write_model_folder(model, processor, metrics, ranks, prepared.run_dir / "model")
         print(format_table(metrics))
+        if "demo_red_apple_rank" in metrics:
+            demo = dict(metrics["demo_red_apple_rank"])
+            size = demo.pop("gallery_size")
+            print(f"\nrank of the red apple emoji among all {size} EmojiCCR images: "
+                  + ", ".join(f"{query!r} {rank}" for query, rank in demo.items()))
         print(f"\nHub-ready model folder: {prepared.run_dir / 'model'}")
     return metrics
 
