@@ -4,6 +4,12 @@
 # anything else can pull a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# pip, with the noise of this machine's local package mirrors filtered out; keeps pip's exit status.
+quiet_pip() {
+  .venv/bin/python -m pip install -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+  return "${PIPESTATUS[0]}"
+}
 PY=${PYTHON:-python3}
 stamp=.venv/.setup-done
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then exit 0; fi
@@ -17,13 +23,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "setup: installing torch==2.13.0 (CPU wheel)"
-  .venv/bin/python -m pip install -q "torch==2.13.0"
+  quiet_pip "torch==2.13.0"
 fi
 echo "setup: installing the dependencies listed in pyproject.toml"
 # Dependencies only: the package itself stays un-installed so that tests can prove the remote-code
 # files work in a process that cannot import it. Scripts and tests find it from the repository root.
 .venv/bin/python tools/list_requirements.py >.venv/requirements.txt
-.venv/bin/python -m pip install -q -r .venv/requirements.txt 2>&1 | grep -v "is ignored: it is neither" || true
+quiet_pip -r .venv/requirements.txt
 .venv/bin/python -c "import torch, transformers, datasets, evaluate, accelerate"
 # Makes evaluate.load("mrv") work offline from any directory.
 .venv/bin/python tools/install_mrv_metric.py
