@@ -657,8 +657,10 @@ def evaluate_retrieval(
             image_chunks, token_chunks = [], []
             starts = range(0, len(dataset), batch_size)
             for start in _progress(starts, len(starts), "encoding images", progress):
-                pil = [image.convert("RGB") for image in images_only[start : start + batch_size]["image"]]
-                pixel_values = _to_device(processor(images=pil), device)["pixel_values"]
+                # The processor converts every image mode itself (RGBA composited as in training); a bare
+                # convert("RGB") here would turn transparent backgrounds black and evaluate other images.
+                images = images_only[start : start + batch_size]["image"]
+                pixel_values = _to_device(processor(images=images), device)["pixel_values"]
                 image_chunks.append(_features(model.get_image_features(pixel_values=pixel_values), "image").float().cpu())
                 if rerank_top_k:
                     token_chunks.append(model.get_image_tokens(pixel_values=pixel_values).cpu())

@@ -186,3 +186,33 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
         assert torch.equal(full[name], resumed[name]), name
     state = json.loads((run / "checkpoint-8" / "trainer_state.json").read_text())
     assert state["global_step"] == 8
+
+
+def test_final_evaluation_agrees_with_trainer_evaluation_on_transparent_images(tmp_path, data):
+    """evaluate_retrieval (train.py's final evaluation) and CCRTrainer.evaluate see the same images: RGBA images
+    go through the processor (transparency onto white) in both — a bare convert('RGB') once made them differ."""
+    from PIL import Image
+
+    from modeling_ccr.retrieval import evaluate_retrieval, flatten_metrics
+
+    dataset, processor = data
+
+    def transparent(row):
+        rgba = row["image"].convert("RGBA")
+        pixels = rgba.load()
+        for x in range(rgba.width):
+            for y in range(rgba.height):
+                if pixels[x, y][:3] == (255, 255, 255):
+                    pixels[x, y] = (0, 0, 0, 0)  # transparent black, as emoji PNGs store their background
+        return {"image": rgba}
+
+    rgba_dataset = dataset.map(transparent)
+    assert isinstance(rgba_dataset[0]["image"], Image.Image) and rgba_dataset[0]["image"].mode == "RGBA"
+    model = tiny_model(processor, seed=0)
+    trainer = CCRTrainer(model=model, args=_args(tmp_path, max_steps=15), train_dataset=rgba_dataset,
+                         eval_dataset=rgba_dataset, processing_class=processor)
+    trainer.train()
+    from_trainer = trainer.evaluate()
+    metrics, _ = evaluate_retrieval(model, processor, rgba_dataset, languages=LANGUAGES, progress=False)
+    for key, value in flatten_metrics(metrics).items():
+        assert from_trainer[f"eval_{key}"] == pytest.approx(value, abs=1e-6), key
