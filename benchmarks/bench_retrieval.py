@@ -211,7 +211,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, numpy {np.__version__}, {torch.get_num_threads()} torch threads")
     n = 300 if args.quick else 2000
     speedup = side_by_side(n, args.languages, args.dim, args.repeats or (1 if args.quick else 5))
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([500, 1000] if args.quick else [2000, 10000, 50000])
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else ([300, 600] if args.quick else [2000, 10000, 50000])
     scaling(sizes, args.languages, args.dim)
     print(f"speedup_vs_naive={speedup:.1f}")
 

@@ -1,12 +1,15 @@
 """Turns rows of the canonical dataset (image + list of {language, text}) into model inputs.
 
-Training batches sample, per image and per language, ``captions_per_language`` of that language's
-captions (images simply lack the languages they have no caption in). Evaluation batches keep every
-caption and lay them out per image, ``(B, max_texts, ...)``, so that Trainer's gather across processes
-keeps texts and images aligned.
+Training batches hold every caption of their images; :func:`sample_captions` then keeps, per image and
+language, ``captions_per_language`` of them (images simply lack the languages they have no caption in)
+and :func:`add_mlm_inputs` masks tokens for CMLM. Evaluation batches keep every caption and lay them
+out per image, ``(B, max_texts, ...)``, so that Trainer's gather across processes keeps texts and images
+aligned.
 
-Random choices use torch's global generator, which ``Trainer`` seeds and restores on resume, so a
-resumed run draws the same captions and masks as an uninterrupted one.
+The random draws happen in the training step (``CCRTrainer.compute_loss``), not in the collator: the
+data loader collates one batch ahead, so draws made there would interleave with the model's own and
+could not be replayed when a run resumes. In the training step they use torch's global generator,
+which ``Trainer`` seeds and restores, so a resumed run draws exactly what an uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -59,6 +62,36 @@ def mask_tokens(
     return masked_input_ids, labels
 
 
+def sample_captions(batch: dict[str, torch.Tensor], captions_per_language: int) -> dict[str, torch.Tensor]:
+    """Keep, per image and language, ``captions_per_language`` captions drawn uniformly without replacement."""
+    if captions_per_language < 1:
+        raise ValueError(f"captions_per_language must be >= 1, got {captions_per_language}")
+    image_ids, language_ids = batch["text_image_ids"], batch["text_language_ids"]
+    num_languages = int(language_ids.max()) + 1
+    group = image_ids * num_languages + language_ids
+    priority = torch.rand(group.shape, device=group.device)
+    # Rank of each caption inside its (image, language) group by random priority: keep the first n.
+    order = torch.argsort(group.double() * 2 + priority.double())
+    sorted_group = group[order]
+    starts = torch.searchsorted(sorted_group, sorted_group, right=False)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=order.device) - starts
+    keep = rank < captions_per_language
+    text_keys = ("input_ids", "attention_mask", "token_type_ids", "text_image_ids", "text_language_ids")
+    return {key: value[keep] if key in text_keys else value for key, value in batch.items()}
+
+
+def add_mlm_inputs(batch: dict[str, torch.Tensor], tokenizer, mlm_probability: float) -> dict[str, torch.Tensor]:
+    """Add ``mlm_input_ids`` and ``mlm_labels`` (BERT masking of every text, special tokens never masked)."""
+    if tokenizer.mask_token_id is None:
+        raise ValueError("CMLM needs a tokenizer with a mask token")
+    input_ids = batch["input_ids"]
+    special = torch.isin(input_ids, torch.tensor(tokenizer.all_special_ids, device=input_ids.device))
+    special |= batch["attention_mask"] == 0
+    masked, labels = mask_tokens(input_ids, special, tokenizer.mask_token_id, len(tokenizer), mlm_probability)
+    return {**batch, "mlm_input_ids": masked, "mlm_labels": labels}
+
+
 @dataclass
 class CCRCollator:
     """Collates canonical rows for ``CCRModel``.
@@ -67,26 +100,18 @@ class CCRCollator:
         processor: the model's ``CCRProcessor``.
         languages: the language codes the model knows; ``text_language_ids`` index into this list and a
             caption in any other language is an error.
-        captions_per_language: captions sampled per image and language at each training step.
-        mlm_probability: masking rate for CMLM; 0 disables ``mlm_input_ids``/``mlm_labels``.
         for_evaluation: keep every caption, laid out per image (see module docstring).
         max_texts_per_image: width of the evaluation layout (defaults to the widest image of the batch).
     """
 
     processor: CCRProcessor
     languages: Sequence[str]
-    captions_per_language: int = 1
-    mlm_probability: float = 0.0
     for_evaluation: bool = False
     max_texts_per_image: int | None = None
 
     def __post_init__(self) -> None:
         if not self.languages:
             raise ValueError("CCRCollator needs the list of languages")
-        if self.captions_per_language < 1:
-            raise ValueError(f"captions_per_language must be >= 1, got {self.captions_per_language}")
-        if not 0.0 <= self.mlm_probability < 1.0:
-            raise ValueError(f"mlm_probability must be in [0, 1), got {self.mlm_probability}")
         self.language_index = {language: index for index, language in enumerate(self.languages)}
 
     def _language_id(self, language: str, image_id: Any) -> int:
@@ -97,20 +122,6 @@ class CCRCollator:
             )
         return self.language_index[language]
 
-    def _sample(self, captions: list[dict[str, str]], image_id: Any) -> list[dict[str, str]]:
-        """Up to ``captions_per_language`` captions of each language, drawn without replacement."""
-        by_language: dict[str, list[dict[str, str]]] = {}
-        for caption in captions:
-            by_language.setdefault(caption["language"], []).append(caption)
-        chosen = []
-        for language in sorted(by_language, key=lambda lang: self._language_id(lang, image_id)):
-            pool = by_language[language]
-            if len(pool) > self.captions_per_language:
-                order = torch.randperm(len(pool))[: self.captions_per_language].tolist()
-                pool = [pool[index] for index in sorted(order)]
-            chosen.extend(pool)
-        return chosen
-
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("cannot collate an empty batch")
@@ -118,8 +129,6 @@ class CCRCollator:
         for row, feature in enumerate(features):
             captions = _caption_records(feature, row)
             image_id = feature.get("image_id", row)
-            if not self.for_evaluation:
-                captions = self._sample(captions, image_id)
             for caption in captions:
                 self._language_id(caption["language"], image_id)
             images.append(feature["image"])
@@ -133,19 +142,7 @@ class CCRCollator:
         if self.for_evaluation:
             return self._evaluation_layout(batch, language_ids)
         batch["text_language_ids"] = language_ids
-        if self.mlm_probability > 0:
-            batch["mlm_input_ids"], batch["mlm_labels"] = self._mask(batch["input_ids"])
         return batch
-
-    def _mask(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        tokenizer = self.processor.tokenizer
-        if tokenizer.mask_token_id is None:
-            raise ValueError("MLM needs a tokenizer with a mask token")
-        special = torch.tensor(
-            [tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True) for ids in input_ids.tolist()],
-            dtype=torch.bool,
-        )
-        return mask_tokens(input_ids, special, tokenizer.mask_token_id, len(tokenizer), self.mlm_probability)
 
     def _evaluation_layout(self, batch: dict[str, torch.Tensor], language_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Regroup the flat texts of the batch as ``(B, width, L)`` with language id -100 for padding."""

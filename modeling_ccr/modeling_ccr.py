@@ -151,8 +151,9 @@ def gather_for_contrastive(
     image_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
     text_image_ids: torch.Tensor,
+    *text_extras: torch.Tensor,
     group: Any = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, ...]:
     """Gather image/text embeddings of all processes, with gradients, for a global 1-to-K loss.
 
     Each process may hold a different number of images and texts: both are padded to the largest count, gathered,
@@ -161,10 +162,12 @@ def gather_for_contrastive(
     the loss of the global batch, like open_clip's `gather_with_grad=True, local_loss=False`: the backward sums each
     process's gradient into the owner's slice, so with DDP's gradient averaging the update is that of one big batch.
 
-    Returns the inputs unchanged when torch.distributed is not initialised or has one process.
+    `text_extras` are further per-text integer tensors (T,), e.g. language ids, gathered alongside (no gradient).
+    Returns `(images, texts, text_image_ids, *text_extras)`, the inputs unchanged when torch.distributed is not
+    initialised or has one process.
     """
     if _distributed_world_size(group) <= 1:
-        return image_embeds, text_embeds, text_image_ids
+        return (image_embeds, text_embeds, text_image_ids, *text_extras)
     import torch.distributed as dist
 
     world = dist.get_world_size(group=group)
@@ -179,18 +182,21 @@ def gather_for_contrastive(
 
     img_pad = F.pad(image_embeds, (0, 0, 0, max_img - n_img))
     txt_pad = F.pad(text_embeds, (0, 0, 0, max_txt - n_txt))
-    ids_pad = F.pad(text_image_ids.long(), (0, max_txt - n_txt), value=-1)
     all_img = _AllGatherWithGrad.apply(img_pad, group)  # (W, max_img, D)
     all_txt = _AllGatherWithGrad.apply(txt_pad, group)  # (W, max_txt, D)
-    all_ids = [torch.empty_like(ids_pad) for _ in range(world)]
-    dist.all_gather(all_ids, ids_pad, group=group)
+    per_text = []
+    for values in (text_image_ids, *text_extras):
+        padded = F.pad(values.long(), (0, max_txt - n_txt), value=-1)
+        gathered = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(gathered, padded, group=group)
+        per_text.append(torch.stack(gathered))
 
     rows = torch.arange(max(max_img, max_txt), device=device)
     img_mask = torch.stack([rows[:max_img] < s[0] for s in all_sizes])  # (W, max_img) True = real row
     txt_mask = torch.stack([rows[:max_txt] < s[1] for s in all_sizes])
     offsets = torch.tensor([0] + [s[0] for s in all_sizes[:-1]], device=device).cumsum(0)
-    ids = torch.stack(all_ids) + offsets[:, None]
-    return all_img[img_mask], all_txt[txt_mask], ids[txt_mask]
+    ids = per_text[0] + offsets[:, None]
+    return (all_img[img_mask], all_txt[txt_mask], ids[txt_mask], *(extra[txt_mask] for extra in per_text[1:]))
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from transformers import EvalPrediction, Trainer, TrainingArguments
 
-from .collator import IGNORE_INDEX, CCRCollator
+from .collator import IGNORE_INDEX, CCRCollator, add_mlm_inputs, sample_captions
 from .modeling_ccr import gather_for_contrastive
 from .objectives import LOSS_TYPES, contrastive_objective
 from .retrieval import compute_retrieval_ranks, flatten_metrics, retrieval_metrics
@@ -158,16 +158,10 @@ class CCRTrainer(Trainer):
             languages = dataset_languages(train_dataset)
         self.languages = list(languages)
         self._apply_weights(model, args)
-        needs_mlm = getattr(model.config, "num_fusion_layers", 0) > 0 and model.config.mlm_weight > 0
         if data_collator is None:
             if processing_class is None:
                 raise ValueError("pass processing_class=<CCRProcessor> or a data_collator")
-            data_collator = CCRCollator(
-                processing_class,
-                self.languages,
-                captions_per_language=args.captions_per_language,
-                mlm_probability=args.mlm_probability if needs_mlm else 0.0,
-            )
+            data_collator = CCRCollator(processing_class, self.languages)
         if eval_data_collator is None and processing_class is not None:
             eval_data_collator = CCRCollator(processing_class, self.languages, for_evaluation=True)
         self.eval_data_collator = eval_data_collator
@@ -197,7 +191,18 @@ class CCRTrainer(Trainer):
                 setattr(model.config, name, value)
         model.config.itc_divide_by_k = args.itc_divide_by_k
 
+    def _draw_step_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This step's random choices: captions per image and language, and CMLM masks (see collator.py)."""
+        inputs = sample_captions(inputs, self.args.captions_per_language)
+        config = self.accelerator.unwrap_model(self.model).config
+        if config.num_fusion_layers > 0 and config.mlm_weight > 0 and self.args.mlm_probability > 0:
+            if self.processing_class is None:
+                raise ValueError("CMLM masking needs processing_class=<CCRProcessor> (for the tokenizer)")
+            inputs = add_mlm_inputs(inputs, self.processing_class.tokenizer, self.args.mlm_probability)
+        return inputs
+
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        inputs = self._draw_step_inputs(inputs)
         language_ids = inputs.pop("text_language_ids")
         outputs = model(**inputs, return_loss=True)
         loss = outputs.loss
@@ -263,6 +268,24 @@ class CCRTrainer(Trainer):
                 "it was probably being written when the run stopped"
             )
         return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Load a checkpoint's weights through ``from_pretrained``, strictly.
+
+        ``Trainer`` loads the raw state dict with ``strict=False``; transformers 5 saves some towers (ViT, ...)
+        under their original key names and renames them only inside ``from_pretrained``, so the raw load
+        silently skips those towers and a resumed run goes on from freshly initialised layers.
+        """
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        loaded = type(target).from_pretrained(resume_from_checkpoint, config=target.config)
+        target.load_state_dict(loaded.state_dict(), strict=True)
+
+    def _load_best_model(self) -> None:
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or self.state.best_model_checkpoint is None:
+            return super()._load_best_model()
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     def _discard_incomplete_checkpoints(self) -> None:
         if not self.args.should_save or not os.path.isdir(self.args.output_dir):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 from datasets import Dataset
-from modeling_ccr.tokenizer_training import train_tokenizer
 from PIL import Image, ImageDraw
-from transformers import BertConfig, ViTConfig, ViTImageProcessor
+from transformers import BertConfig, ViTConfig, ViTImageProcessorPil
 
 from modeling_ccr import CCRConfig, CCRModel, CCRProcessor
 from modeling_ccr.dataset_schema import CCR_FEATURES
+from modeling_ccr.tokenizer_training import train_tokenizer
 
 COLOURS = {
     "red": ((220, 30, 30), "rot", "rouge"),
@@ -54,7 +54,7 @@ def tiny_processor(dataset: Dataset | None = None) -> CCRProcessor:
     dataset = dataset if dataset is not None else tiny_ccr_dataset()
     texts = [caption["text"] for captions in dataset["captions"] for caption in captions]
     tokenizer = train_tokenizer(texts, vocab_size=200, model_max_length=16)
-    image_processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    image_processor = ViTImageProcessorPil(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
     return CCRProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
@@ -72,6 +72,8 @@ def tiny_model(processor: CCRProcessor, num_fusion_layers: int = 0, seed: int = 
         intermediate_size=64, max_position_embeddings=24, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         pad_token_id=processor.tokenizer.pad_token_id,
     )
+    # Towers trained from scratch learn far faster from mean-pooled tokens than from an untrained [CLS].
+    config_kwargs = {"text_pooling": "mean", "vision_pooling": "mean", **config_kwargs}
     config = CCRConfig.from_vision_text_configs(
         vision, text, projection_dim=16, num_fusion_layers=num_fusion_layers, **config_kwargs
     )

@@ -1,15 +1,14 @@
 """Retrieval ranks, Recall@K and MRV against an independent naive implementation (argsort per query)."""
 
+import importlib.util
+import json
 import math
-import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset
-from PIL import Image
 
-from modeling_ccr.dataset_schema import CCR_FEATURES
 from modeling_ccr.retrieval import (
     compute_retrieval_ranks,
     evaluate_retrieval,
@@ -18,6 +17,7 @@ from modeling_ccr.retrieval import (
     rerank_ranks,
     retrieval_metrics,
 )
+from tests._retrieval_helpers import FakeModel, FakeProcessor, _tiny_dataset
 
 LANGS = ["de", "en", "ja"]
 
@@ -270,66 +270,6 @@ def test_rerank_needs_topk():
 # ------------------------------------------------------------------------------------- with a model
 
 
-class FakeProcessor:
-    """Processor-like callable: images -> pixel_values (mean colour), texts -> padded character ids."""
-
-    def __call__(self, images=None, text=None):
-        if images is not None:
-            arrays = [np.asarray(image, dtype=np.float32).mean(axis=(0, 1)) / 255.0 for image in images]
-            return {"pixel_values": torch.tensor(np.stack(arrays))}
-        width = max(len(t) for t in text)
-        ids = torch.zeros(len(text), width, dtype=torch.long)
-        mask = torch.zeros(len(text), width, dtype=torch.long)
-        for row, t in enumerate(text):
-            ids[row, : len(t)] = torch.tensor([ord(ch) % 97 for ch in t])
-            mask[row, : len(t)] = 1
-        return {"input_ids": ids, "attention_mask": mask}
-
-
-class FakeModel(torch.nn.Module):
-    """Tiny dual encoder with an ITM-like head; get_image_features returns an output object (CLIP 5.x)."""
-
-    def __init__(self, fusion_layers=0):
-        super().__init__()
-        torch.manual_seed(0)
-        self.config = types.SimpleNamespace(num_fusion_layers=fusion_layers)
-        self.vision = torch.nn.Linear(3, 8)
-        self.embed = torch.nn.Embedding(97, 8)
-        self.itm = torch.nn.Linear(8, 8, bias=False)
-
-    def get_image_features(self, pixel_values):
-        return types.SimpleNamespace(pooler_output=self.vision(pixel_values), last_hidden_state=None)
-
-    def get_text_features(self, input_ids, attention_mask=None):
-        return self._masked(input_ids, torch.ones_like(input_ids) if attention_mask is None else attention_mask)
-
-    def _masked(self, input_ids, attention_mask):
-        emb = self.embed.weight[input_ids] * attention_mask[..., None]
-        return emb.sum(1) / attention_mask.sum(1, keepdim=True)
-
-    def get_image_tokens(self, pixel_values):
-        base = self.vision(pixel_values)
-        return torch.stack([base, 2 * base], dim=1)
-
-    def itm_scores(self, image_tokens, input_ids, attention_mask):
-        return (self.itm(image_tokens.mean(1)) * self._masked(input_ids, attention_mask)).sum(-1)
-
-
-def _tiny_dataset(n=9):
-    rng = np.random.default_rng(11)
-    rows = {"image": [], "image_id": [], "captions": []}
-    words = ["red", "blue", "cat", "dog", "sun", "tree", "car", "boat", "fish"]
-    for i in range(n):
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        rows["image"].append(Image.new("RGB", (4, 4), colour))
-        rows["image_id"].append(f"img{i}")
-        caps = [{"language": "en", "text": f"a {words[i]}"}, {"language": "de", "text": f"ein {words[i]}"}]
-        if i % 3:
-            caps.append({"language": "ja", "text": f"{words[i]} no e"})
-        rows["captions"].append(caps)
-    return Dataset.from_dict(rows, features=CCR_FEATURES)
-
-
 def test_evaluate_retrieval_with_fake_model_matches_direct_computation():
     dataset = _tiny_dataset()
     model, processor = FakeModel(), FakeProcessor()
@@ -386,3 +326,52 @@ def test_evaluate_retrieval_rerank_uses_itm_head():
 
     with pytest.raises(ValueError, match="fusion"):
         evaluate_retrieval(FakeModel(fusion_layers=0), processor, dataset, rerank_top_k=3, progress=False)
+
+
+# ------------------------------------------------------------------------------- the command-line script
+
+
+def _script():
+    path = Path(__file__).resolve().parents[1] / "hub_scripts" / "evaluate_model.py"
+    spec = importlib.util.spec_from_file_location("evaluate_model_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evaluate_model_script_writes_json_png_and_table(tmp_path, monkeypatch, capsys):
+    script = _script()
+    dataset = _tiny_dataset()
+    monkeypatch.setattr(script, "load_model", lambda model_dir, device: (FakeModel(), FakeProcessor()))
+    monkeypatch.setattr(script, "load_dataset_arg", lambda *args: dataset)
+    out = tmp_path / "out"
+    assert script.main(["fake-model", "--dataset", "tiny", "--output-dir", str(out), "--no-progress", "--batch-size", "4"]) == 0
+    results = json.loads((out / "eval_results.json").read_text())
+    expected, _ = evaluate_retrieval(FakeModel(), FakeProcessor(), dataset, progress=False)
+    assert results == json.loads(json.dumps({**expected, "dataset": "tiny", "split": "test", "model": "fake-model",
+                                             "rerank_top_k": 0}))
+    png = (out / "eval_report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    printed = capsys.readouterr().out
+    assert "TR R@1" in printed and "MRV (variance)" in printed and "avg" in printed
+
+
+def test_report_handles_a_single_language(tmp_path):
+    from modeling_ccr.retrieval_report import format_table, save_report_plot
+
+    ranks = ranks_from_scores(np.eye(4), np.arange(4), ["en"] * 4)
+    metrics = retrieval_metrics(ranks)
+    assert "n/a (one language)" in format_table(metrics)
+    assert save_report_plot(metrics, ranks, tmp_path / "r.png").stat().st_size > 0
+
+
+def test_benchmark_quick_runs_and_agrees_with_the_naive_loop():
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_retrieval.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert "identical TR ranks: True, identical IR ranks: True, same MRV: True" in proc.stdout
+    assert lines[-1].startswith("speedup_vs_naive=") and float(lines[-1].split("=")[1]) > 0

@@ -15,7 +15,7 @@ import torch
 from _trainer_helpers import tiny_ccr_dataset, tiny_model, tiny_processor
 from safetensors.torch import load_file
 
-from modeling_ccr.collator import CCRCollator
+from modeling_ccr.collator import CCRCollator, add_mlm_inputs, sample_captions
 from modeling_ccr.objectives import LOSS_TYPES, contrastive_objective
 from modeling_ccr.trainer import (
     CCRTrainer,
@@ -46,7 +46,10 @@ def _args(tmp_path, **overrides) -> CCRTrainingArguments:
 
 def test_training_batch_samples_one_caption_per_language(data):
     dataset, processor = data
-    batch = CCRCollator(processor, LANGUAGES)([dataset[i] for i in range(4)])
+    full = CCRCollator(processor, LANGUAGES)([dataset[i] for i in range(4)])
+    assert len(full["text_image_ids"]) == sum(len(dataset[i]["captions"]) for i in range(4))
+    torch.manual_seed(0)
+    batch = sample_captions(full, captions_per_language=1)
     ids, languages = batch["text_image_ids"].tolist(), batch["text_language_ids"].tolist()
     assert batch["pixel_values"].shape[0] == 4
     assert len(ids) == batch["input_ids"].shape[0]
@@ -78,7 +81,7 @@ def test_collator_rejects_bad_rows(data):
 def test_mlm_labels_only_where_masked(data):
     dataset, processor = data
     torch.manual_seed(0)
-    batch = CCRCollator(processor, LANGUAGES, mlm_probability=0.5)([dataset[i] for i in range(6)])
+    batch = add_mlm_inputs(CCRCollator(processor, LANGUAGES)([dataset[i] for i in range(6)]), processor.tokenizer, 0.5)
     changed = batch["mlm_input_ids"] != batch["input_ids"]
     predicted = batch["mlm_labels"] != -100
     assert predicted.any()

@@ -1,0 +1,113 @@
+"""Evaluate a CCR model on cross-lingual retrieval: Recall@1/5/10 per language (TR and IR) and MRV.
+
+Loads the model the way a user does (``AutoModel`` / ``AutoProcessor`` with ``trust_remote_code``), encodes
+the dataset with progress bars, prints a table and writes ``eval_results.json`` and ``eval_report.png``.
+
+    python hub_scripts/evaluate_model.py outputs/ccr-emoji                      # the embedded EmojiCCR test split
+    python hub_scripts/evaluate_model.py MODEL_DIR --dataset path/to/xFlickrCO --image-root path/to/images
+    python hub_scripts/evaluate_model.py MODEL_DIR --dataset data/task1 --split test_2016_flickr --languages en de
+    python hub_scripts/evaluate_model.py MODEL_DIR --rerank-top-k 16                # ITM re-ranking (fusion models)
+
+``--dataset`` is ``emoji`` (default) or any path ``modeling_ccr.loaders.load_ccr_dataset`` understands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from modeling_ccr.retrieval import evaluate_retrieval  # noqa: E402
+from modeling_ccr.retrieval_report import format_table, save_report_plot  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", help="a saved model folder or Hub repo id (loaded with trust_remote_code=True)")
+    parser.add_argument("--dataset", default="emoji", help="'emoji' (embedded EmojiCCR) or a dataset path")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--image-root", default=None, help="folder with the image files (IGLUE, Multi30K, COCO)")
+    parser.add_argument("--languages", nargs="+", default=None, help="languages to evaluate (default: all)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rerank-top-k", type=int, default=0, help="stage 2: ITM re-ranking of each query's top-k")
+    parser.add_argument("--mrv-variant", choices=("variance", "std"), default="variance")
+    parser.add_argument("--output-dir", default=None, help="default: <model_dir>/eval (or ./eval for a Hub id)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def load_model(model_dir: str, device: str) -> tuple[Any, Any]:
+    """What a user types: AutoModel / AutoProcessor with trust_remote_code."""
+    from transformers import AutoModel, AutoProcessor
+
+    model = AutoModel.from_pretrained(model_dir, trust_remote_code=True).to(device)
+    processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
+    return model, processor
+
+
+def load_dataset_arg(dataset: str, split: str, image_root: str | None, languages: list[str] | None):
+    if dataset == "emoji":
+        from modeling_ccr.emoji_dataset import load_emoji_ccr
+
+        return load_emoji_ccr(split)
+    from modeling_ccr.loaders import load_ccr_dataset
+
+    return load_ccr_dataset(dataset, split=split, image_root=image_root, languages=languages)
+
+
+def run_evaluation(
+    model: Any,
+    processor: Any,
+    dataset: Any,
+    output_dir: str | Path,
+    *,
+    dataset_name: str,
+    split: str,
+    model_name: str,
+    batch_size: int = 64,
+    languages: list[str] | None = None,
+    rerank_top_k: int = 0,
+    mrv_variant: str = "variance",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate, print the table, write eval_results.json and eval_report.png; return the results dict."""
+    metrics, ranks = evaluate_retrieval(
+        model, processor, dataset, batch_size=batch_size, languages=languages,
+        rerank_top_k=rerank_top_k, progress=progress, mrv_variant=mrv_variant,
+    )
+    results = {**metrics, "dataset": dataset_name, "split": split, "model": model_name, "rerank_top_k": rerank_top_k}
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    json_path = output_dir / "eval_results.json"
+    json_path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    png_path = save_report_plot(metrics, ranks, output_dir / "eval_report.png", title=f"{model_name} on {dataset_name} ({split})")
+    print(f"\n{model_name} on {dataset_name} ({split})" + (f", ITM re-ranking of the top {rerank_top_k}" if rerank_top_k else ""))
+    print(format_table(metrics))
+    print(f"\nwrote {json_path} and {png_path}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    model, processor = load_model(args.model_dir, args.device)
+    dataset = load_dataset_arg(args.dataset, args.split, args.image_root, args.languages)
+    local = Path(args.model_dir)
+    output_dir = args.output_dir or (local / "eval" if local.is_dir() else Path("eval"))
+    run_evaluation(
+        model, processor, dataset, output_dir,
+        dataset_name=args.dataset, split=args.split, model_name=args.model_dir, batch_size=args.batch_size,
+        languages=args.languages, rerank_top_k=args.rerank_top_k, mrv_variant=args.mrv_variant,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
