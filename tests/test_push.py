@@ -284,25 +284,52 @@ def test_metric_space_name_must_match_the_script(user_env, tmp_path, capsys):
 
 
 def test_metric_published_as_space_computes_with_evaluate_load_in_a_fresh_process(hub, tmp_path):
-    folder = write_test_metric_folder(tmp_path / "metrics")
+    """The package's own evaluate_metrics/mrv, whose mrv_core.py is a symlink into modeling_ccr/."""
+    from modeling_ccr.mrv_core import compute_mrv
+
+    folder = REPO_ROOT / "evaluate_metrics" / "mrv"
+    assert (folder / "mrv_core.py").is_symlink()
     pushed = run_push_cli(["--metric", str(folder), "--repo-id", "ns/mrv"], hub.url, tmp_path / "pusher")
     assert pushed.returncode == 0, pushed.stderr
+    assert TOKEN not in pushed.stdout + pushed.stderr
     oid = _commit_hash(pushed.stdout)
     space = hub.repo("ns/mrv", repo_type="space")
     assert space is not None and space.sdk == "gradio"
     files = hub.files("ns/mrv", revision=oid, repo_type="space")
-    assert files["ranks_core.py"] == (tmp_path / "metrics" / "shared_core.py").read_bytes()  # content, not a link
+    assert files["mrv_core.py"] == (REPO_ROOT / "modeling_ccr" / "mrv_core.py").read_bytes()  # content, not a link
+    assert b"sdk: gradio" in files["README.md"] and "app.py" in files
+    ranks = [[1, 1, 1], [1, 3, None], [4, 2, 6], [2, None, None]]
     loaded = run_fresh(f"""
         import json, evaluate
         latest = evaluate.load("ns/mrv")
         pinned = evaluate.load("ns/mrv", revision="{oid}")
-        ranks = [[1, 1, 1], [1, 3, 2], [4, 2, 6]]
+        ranks = {ranks!r}
         assert latest.compute(ranks=ranks) == pinned.compute(ranks=ranks)
-        print(json.dumps(pinned.compute(ranks=ranks)))
+        print(json.dumps([pinned.compute(ranks=ranks), pinned.compute(ranks=ranks, variant="std")]))
     """, hub.url, tmp_path / "user")
     assert loaded.returncode == 0, loaded.stderr[-3000:]
-    result = json.loads(loaded.stdout.strip().splitlines()[-1])
-    assert result["mrv"] == pytest.approx((0 + 2 / 3 + 8 / 3) / 3)
+    variance, std = json.loads(loaded.stdout.strip().splitlines()[-1])
+    assert variance["mrv"] == pytest.approx((0 + 1 + 8 / 3) / 3)
+    for got, variant in ((variance, "variance"), (std, "std")):
+        want = compute_mrv(ranks, variant=variant)
+        assert got["mrv"] == pytest.approx(want["mrv"]) and got["excluded_indices"] == list(want["excluded_indices"])
+        assert (got["variant"], got["num_instances"]) == (variant, want["num_instances"])
+
+
+def test_own_metric_module_with_external_symlink_loads_from_the_space(hub, tmp_path):
+    """Any evaluate module folder works, not only ours: here app.py is generated and the helper is a symlink."""
+    folder = write_test_metric_folder(tmp_path / "metrics")
+    pushed = run_push_cli(["--metric", str(folder), "--repo-id", "ns/mrv"], hub.url, tmp_path / "pusher")
+    assert pushed.returncode == 0, pushed.stderr
+    files = hub.files("ns/mrv", revision=_commit_hash(pushed.stdout), repo_type="space")
+    assert files["ranks_core.py"] == (tmp_path / "metrics" / "shared_core.py").read_bytes()
+    assert b'evaluate.load("ns/mrv")' in files["app.py"]
+    loaded = run_fresh("""
+        import evaluate
+        print(evaluate.load("ns/mrv").compute(ranks=[[1, 1, 1], [1, 3, 2], [4, 2, 6]])["mrv"])
+    """, hub.url, tmp_path / "user")
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert float(loaded.stdout.strip().splitlines()[-1]) == pytest.approx((0 + 2 / 3 + 8 / 3) / 3)
 
 
 # -- end to end: a real model through the Hub ----------------------------------------------------------
