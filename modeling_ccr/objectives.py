@@ -20,6 +20,13 @@ from .modeling_ccr import one_to_k_contrastive_loss
 LOSS_TYPES = ("one_to_k", "one_to_one", "per_language", "pivot")
 
 
+def _local_ids(selected: torch.Tensor, size: int) -> torch.Tensor:
+    """Map from global index (0..size-1) to position in ``selected``; -1 for indices not selected."""
+    remap = torch.full((size,), -1, dtype=torch.long, device=selected.device)
+    remap[selected] = torch.arange(len(selected), device=selected.device)
+    return remap
+
+
 def _subset_loss(
     image_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
@@ -29,8 +36,7 @@ def _subset_loss(
 ) -> torch.Tensor:
     """Contrastive loss over the kept texts and the images they describe (images without one drop out)."""
     images = torch.unique(text_image_ids[keep])
-    remap = torch.full((image_embeds.shape[0],), -1, dtype=torch.long, device=text_image_ids.device)
-    remap[images] = torch.arange(len(images), device=text_image_ids.device)
+    remap = _local_ids(images, image_embeds.shape[0])
     return one_to_k_contrastive_loss(
         image_embeds[images], text_embeds[keep], remap[text_image_ids[keep]], temperature
     )
@@ -74,8 +80,7 @@ def pivot_loss(
     pivot_positions = torch.nonzero(is_pivot).squeeze(1)
     pivot_rows.scatter_reduce_(0, text_image_ids[pivot_positions], pivot_positions, reduce="amin", include_self=False)
     images = torch.nonzero(pivot_rows >= 0).squeeze(1)
-    remap = torch.full((num_images,), -1, dtype=torch.long, device=is_pivot.device)
-    remap[images] = torch.arange(len(images), device=is_pivot.device)
+    remap = _local_ids(images, num_images)
     # Text-to-text: the English captions play the role of the images of the 1-to-K loss.
     text_text = one_to_k_contrastive_loss(
         text_embeds[pivot_rows[images]], text_embeds[others], remap[text_image_ids[others]], temperature

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -491,16 +491,7 @@ def rerank_ranks(
         new = 1 + (valid & (itm > gold_score[:, None])).sum(axis=1)
         ir[texts[found]] = new[found]
 
-    return RetrievalRanks(
-        tr_ranks=tr,
-        ir_ranks=ir,
-        languages=ranks.languages,
-        text_image_ids=ranks.text_image_ids,
-        text_languages=ranks.text_languages,
-        text_indices=ranks.text_indices,
-        tr_topk=ranks.tr_topk,
-        ir_topk=ranks.ir_topk,
-    )
+    return replace(ranks, tr_ranks=tr, ir_ranks=ir)
 
 
 # -------------------------------------------------------------------------------------------- metrics
