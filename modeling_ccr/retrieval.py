@@ -13,7 +13,9 @@ ITM head of models with fusion layers), as the paper does.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from .mrv_core import compute_mrv
+from .rank_counting import CACHE_ELEMENTS, count_above
 
 DEFAULT_BLOCK_ELEMENTS = 1 << 25  # scores held at once: 32M floats = 128 MiB
 
@@ -45,6 +48,11 @@ class RetrievalRanks:
     text_indices: np.ndarray
     tr_topk: np.ndarray | None = None
     ir_topk: np.ndarray | None = None
+    text_language_codes: np.ndarray | None = None  # (T,) index into ``languages``; derived when not given
+
+    def __post_init__(self) -> None:
+        if self.text_language_codes is None:
+            self.text_language_codes = _language_codes(self.text_languages, self.languages)
 
     @property
     def num_images(self) -> int:
@@ -58,8 +66,11 @@ class RetrievalRanks:
         """(N_images, K) IR ranks per image and language: the best rank among the image's captions in that
         language (the same rule as TR), NaN where it has none. This is what MRV_IR is computed on."""
         out = np.full(self.tr_ranks.shape, np.inf)
-        cols = _language_codes(self.text_languages, self.languages)
-        np.minimum.at(out, (self.text_image_ids, cols), self.ir_ranks.astype(np.float64))
+        slots = self.text_image_ids * len(self.languages) + self.text_language_codes
+        if np.bincount(slots, minlength=out.size).max(initial=0) <= 1:  # one caption per (image, language)
+            out.reshape(-1)[slots] = self.ir_ranks
+        else:
+            np.minimum.at(out.reshape(-1), slots, self.ir_ranks.astype(np.float64))
         out[np.isinf(out)] = np.nan
         return out
 
@@ -67,11 +78,27 @@ class RetrievalRanks:
 # ----------------------------------------------------------------------------------------------- inputs
 
 
-def _language_codes(text_languages: np.ndarray, languages: Sequence[str]) -> np.ndarray:
+def _language_codes(text_languages: Sequence[str], languages: Sequence[str]) -> np.ndarray:
     """Index into ``languages`` of every text's language (every one must be there)."""
-    names, inverse = np.unique(np.asarray(text_languages, dtype=str), return_inverse=True)
+    names, inverse = _encode_languages(text_languages)
     position = {lang: k for k, lang in enumerate(languages)}
-    return np.array([position[name] for name in names], dtype=np.int64)[inverse.reshape(-1)]
+    return np.array([position[name] for name in names], dtype=np.int64)[inverse]
+
+
+def _encode_languages(text_languages: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """The distinct languages (sorted) and each text's index into them. One dict pass over a list is about
+    three times as fast as turning it into a numpy string array and running np.unique on it."""
+    if isinstance(text_languages, np.ndarray):
+        names, inverse = np.unique(text_languages.astype(str), return_inverse=True)
+        return [str(name) for name in names], inverse.reshape(-1).astype(np.int64)
+    first_seen: defaultdict[Any, int] = defaultdict(itertools.count().__next__)
+    try:
+        seen_order = np.fromiter(map(first_seen.__getitem__, text_languages), dtype=np.int64, count=len(text_languages))
+    except TypeError as error:
+        raise TypeError(f"text_languages must hold language codes (strings): {error}") from None
+    seen = [str(lang) for lang in first_seen]
+    names = sorted(set(seen))
+    return names, np.array([names.index(lang) for lang in seen], dtype=np.int64)[seen_order]
 
 
 def _as_float_tensor(name: str, value: Any, check_finite: bool = True) -> torch.Tensor:
@@ -100,6 +127,7 @@ class _TextIndex:
     languages: list[str]
     image_ids: np.ndarray  # (T,) kept texts, caller order
     text_languages: np.ndarray  # (T,) str
+    codes: np.ndarray  # (T,) index into languages
     kept: np.ndarray  # (T,) positions in the caller's list
     order: np.ndarray  # (T,) sorted position -> kept position
     bounds: list[tuple[int, int]]  # per language [lo, hi) in sorted order
@@ -116,16 +144,14 @@ def _index_texts(text_image_ids: Any, text_languages: Sequence[str], num_images:
     if ids.size and not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"text_image_ids must hold integers, got dtype {ids.dtype}")
     ids = ids.astype(np.int64)
-    langs = np.asarray(text_languages, dtype=str) if len(text_languages) else np.zeros(0, dtype=str)
-    if len(langs) != len(ids):
-        raise ValueError(f"text_languages has {len(langs)} entries but text_image_ids has {len(ids)}")
+    if len(text_languages) != len(ids):
+        raise ValueError(f"text_languages has {len(text_languages)} entries but text_image_ids has {len(ids)}")
     if ids.size == 0:
         raise ValueError("there are no texts to evaluate")
     if ids.min() < 0 or ids.max() >= num_images:
         bad = int(ids[(ids < 0) | (ids >= num_images)][0])
         raise ValueError(f"text_image_ids holds {bad}, outside [0, {num_images}) (the number of images)")
-    present, inverse = np.unique(langs, return_inverse=True)
-    present = [str(lang) for lang in present]
+    present, inverse = _encode_languages(text_languages)
     if languages is None:
         languages = present
     else:
@@ -136,7 +162,7 @@ def _index_texts(text_image_ids: Any, text_languages: Sequence[str], num_images:
         if len(set(languages)) != len(languages):
             raise ValueError(f"languages has duplicates: {languages}")
     code_of_present = np.array([languages.index(lang) if lang in languages else -1 for lang in present])
-    all_codes = code_of_present[inverse.reshape(-1)]
+    all_codes = code_of_present[inverse]
     kept = np.flatnonzero(all_codes >= 0)
     codes = all_codes[kept]
     order = np.argsort(codes, kind="stable")
@@ -148,7 +174,7 @@ def _index_texts(text_image_ids: Any, text_languages: Sequence[str], num_images:
     sorted_images = ids[kept[order]]
     by_image = np.argsort(sorted_images, kind="stable")
     return _TextIndex(
-        list(languages), ids[kept], langs[kept], kept, order, bounds,
+        list(languages), ids[kept], np.asarray(languages, dtype=str)[codes], codes, kept, order, bounds,
         sorted_images[by_image], by_image, sorted_codes[by_image],
     )
 
@@ -171,95 +197,50 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
 
 # ------------------------------------------------------------------------------------------ the counting
 
-_CACHE_ELEMENTS = 1 << 19  # scores compared at once on the CPU (2 MiB of float32), so temporaries stay in cache
+_NAN_SCORES = "scores contain NaN, which cannot be ranked (check the embeddings or the score function)"
 
 
-def _cpu_workers() -> int:
-    return max(1, min(8, torch.get_num_threads()))
+def _count_above(
+    scores: torch.Tensor, row_thresholds: torch.Tensor, bounds: Sequence[tuple[int, int]],
+    col_thresholds: torch.Tensor | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per row and column segment ``[lo, hi)``: scores strictly above the row's threshold for that segment;
+    with ``col_thresholds`` also per column: scores strictly above the column's threshold. A NaN score is a
+    ValueError (it would silently count as neither above nor below)."""
+    if scores.device.type == "cpu":
+        rows, cols, has_nan = count_above(
+            scores.numpy(), row_thresholds.numpy(), bounds, None if col_thresholds is None else col_thresholds.numpy()
+        )
+    else:
+        rows = torch.stack([(scores[:, lo:hi] > row_thresholds[:, k, None]).sum(1) for k, (lo, hi) in enumerate(bounds)], 1)
+        rows = rows.cpu().numpy()
+        cols = None if col_thresholds is None else (scores > col_thresholds[None, :]).sum(0).cpu().numpy()
+        has_nan = bool(torch.isnan(scores).any())
+    if has_nan:
+        raise ValueError(_NAN_SCORES)
+    return rows, cols
 
 
-def _run_row_ranges(work: Callable[[int, int], Any], num_rows: int) -> list[Any]:
-    """Run ``work(s, e)`` over contiguous row ranges in threads (numpy releases the GIL while counting)."""
-    workers = min(_cpu_workers(), max(1, num_rows // 64))
-    if workers == 1:
-        return [work(0, num_rows)]
-    from concurrent.futures import ThreadPoolExecutor
 
-    edges = np.linspace(0, num_rows, workers + 1).astype(int)
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(work, edges[:-1], edges[1:]))
-
-
-def _row_counts(mask: np.ndarray) -> np.ndarray:
-    """True entries per row of a boolean matrix (summing its bytes is ~3x faster than np.count_nonzero)."""
-    return mask.view(np.uint8).sum(axis=1, dtype=np.int32)
-
-
-def _count_greater_per_row(scores: torch.Tensor, gold: torch.Tensor) -> np.ndarray:
-    """For each row r: number of entries of ``scores[r]`` strictly greater than ``gold[r]``."""
-    if scores.device.type != "cpu":
-        return (scores > gold[:, None]).sum(dim=1).cpu().numpy()
-    values, threshold = scores.numpy(), gold.numpy()
-    out = np.empty(values.shape[0], dtype=np.int64)
-    step = max(1, _CACHE_ELEMENTS // max(1, values.shape[1]))
-
-    def work(s0: int, s1: int) -> None:
-        for s in range(s0, s1, step):
-            e = min(s + step, s1)
-            out[s:e] = _row_counts(values[s:e] > threshold[s:e, None])
-
-    _run_row_ranges(work, values.shape[0])
-    return out
-
-
-def _count_full_matrix(
-    scores: torch.Tensor, best: torch.Tensor, ir_gold: torch.Tensor, bounds: list[tuple[int, int]], check_finite: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """One pass over a full (N, T) score matrix: TR counts (N, K) against the per-language row golds
-    ``best`` and IR counts (T,) against the column golds ``ir_gold``, each cache-sized row block read once."""
-    num_rows, num_cols = scores.shape
-    if scores.device.type != "cpu":
-        tr = torch.stack([(scores[:, lo:hi] > best[:, k, None]).sum(1) for k, (lo, hi) in enumerate(bounds)], 1)
-        ir = (scores > ir_gold[None, :]).sum(0)
-        if check_finite and not torch.isfinite(scores).all():
-            raise ValueError("scores contains NaN or infinite values")
-        return tr.cpu().numpy(), ir.cpu().numpy()
-    values, row_gold, col_gold = scores.numpy(), best.numpy(), ir_gold.numpy()
-    tr = np.empty((num_rows, len(bounds)), dtype=np.int64)
-    step = max(1, _CACHE_ELEMENTS // max(1, num_cols))
-
-    def work(s0: int, s1: int) -> tuple[np.ndarray, bool]:
-        ir, finite = np.zeros(num_cols, dtype=np.int64), True
-        for s in range(s0, s1, step):
-            e = min(s + step, s1)
-            block = values[s:e]
-            if check_finite:
-                finite &= bool(np.isfinite(block.sum()))
-            for k, (lo, hi) in enumerate(bounds):
-                tr[s:e, k] = _row_counts(block[:, lo:hi] > row_gold[s:e, k, None])
-            ir += (block > col_gold[None, :]).view(np.uint8).sum(axis=0, dtype=np.int32)
-        return ir, finite
-
-    parts = _run_row_ranges(work, num_rows)
-    if not all(finite for _, finite in parts) and not _all_finite(scores):
-        raise ValueError("scores contains NaN or infinite values")
-    return tr, np.sum([ir for ir, _ in parts], axis=0)
-
-
-def _best_gold(scores: torch.Tensor, start: int, stop: int, index: _TextIndex) -> torch.Tensor:
+def _best_gold(
+    scores: torch.Tensor, start: int, stop: int, index: _TextIndex, text_gold: torch.Tensor | None = None
+) -> torch.Tensor:
     """(stop-start, K): per image row and language, the best score among the image's captions in that
-    language (-inf if none), read from ``scores`` (rows start:stop, all sorted texts) itself."""
+    language (-inf if none), read from ``scores`` (rows start:stop, all sorted texts) itself, or taken from
+    ``text_gold`` (T,), every sorted text's score with its own image, when that is already gathered."""
     num_langs = len(index.languages)
     a, b = np.searchsorted(index.pair_images, [start, stop])
+    rows_np, cols_np = index.pair_images[a:b] - start, index.pair_cols[a:b]
     if scores.device.type == "cpu":  # numpy gathers are much faster than torch advanced indexing on CPU
-        best_np = np.full((stop - start) * num_langs, -np.inf, dtype=scores.numpy().dtype)
-        rows_np = index.pair_images[a:b] - start
-        np.maximum.at(best_np, rows_np * num_langs + index.pair_langs[a:b], scores.numpy()[rows_np, index.pair_cols[a:b]])
+        gold = scores.numpy()[rows_np, cols_np] if text_gold is None else text_gold.numpy()[cols_np]
+        best_np = np.full((stop - start) * num_langs, -np.inf, dtype=gold.dtype)
+        np.maximum.at(best_np, rows_np * num_langs + index.pair_langs[a:b], gold)
         return torch.from_numpy(best_np).view(stop - start, num_langs)
     best = torch.full(((stop - start) * num_langs,), -math.inf, dtype=scores.dtype, device=scores.device)
     if a < b:
-        rows = torch.as_tensor(index.pair_images[a:b] - start, device=scores.device)
-        gold = scores[rows, torch.as_tensor(index.pair_cols[a:b], device=scores.device)]
+        rows = torch.as_tensor(rows_np, device=scores.device)
+        cols = torch.as_tensor(cols_np, device=scores.device)
+        gold = scores[rows, cols] if text_gold is None else text_gold[cols]
         slots = rows * num_langs + torch.as_tensor(index.pair_langs[a:b], device=scores.device)
         best = best.scatter_reduce(0, slots, gold, reduce="amax")
     return best.view(stop - start, num_langs)
@@ -282,7 +263,6 @@ def _count_ranks(
     max_block_elements: int,
     top_k: int,
     progress: bool,
-    check_finite: bool = False,
 ) -> RetrievalRanks:
     """Shared by every score source.
 
@@ -302,30 +282,24 @@ def _count_ranks(
 
     if full is not None:
         ir_gold = _gather(full, gold_images, np.arange(num_texts))
-        tr_counts, ir_counts = _count_full_matrix(
-            full, _best_gold(full, 0, num_images, index), ir_gold, index.bounds, check_finite
-        )
+        best = _best_gold(full, 0, num_images, index, text_gold=ir_gold)
+        tr_counts, ir_counts = _count_above(full, best, index.bounds, ir_gold)
         tr[has_caption] = tr_counts[has_caption] + 1
         ir_sorted += ir_counts
     if full is None or top_k:
-        rows = _rows_per_block(num_texts, chunk_size, max_block_elements) if full is None else max(
-            1, _CACHE_ELEMENTS // max(1, num_texts)
-        )
+        rows = _rows_per_block(num_texts, chunk_size, max_block_elements if full is None else CACHE_ELEMENTS)
         starts = range(0, num_images, rows)
         for start in _progress(starts, len(starts), "TR ranks", progress):
             stop = min(start + rows, num_images)
             scores = full[start:stop] if full is not None else image_block(start, stop)
             if full is None:
-                best = _best_gold(scores, start, stop, index)
-            for k, (lo, hi) in enumerate(index.bounds):
-                if full is None:
-                    counts = _count_greater_per_row(scores[:, lo:hi], best[:, k].contiguous()) + 1
-                    mask = has_caption[start:stop, k]
-                    tr[start:stop, k][mask] = counts[mask]
-                if top_k:
-                    kk = min(top_k, hi - lo)
-                    cand = scores[:, lo:hi].topk(kk, dim=1).indices.cpu().numpy() + lo
-                    tr_topk[start:stop, k, :kk] = sorted_to_kept[cand]
+                counts = _count_above(scores, _best_gold(scores, start, stop, index), index.bounds)[0] + 1
+                mask = has_caption[start:stop]
+                tr[start:stop][mask] = counts[mask]
+            for k, (lo, hi) in enumerate(index.bounds if top_k else []):
+                kk = min(top_k, hi - lo)
+                cand = scores[:, lo:hi].topk(kk, dim=1).indices.cpu().numpy() + lo
+                tr_topk[start:stop, k, :kk] = sorted_to_kept[cand]
 
     ir_topk_sorted = np.full((num_texts, top_k), -1, dtype=np.int64) if top_k else None
     if full is None or top_k:
@@ -336,7 +310,7 @@ def _count_ranks(
             scores = full[:, start:stop].T if full is not None else text_block(start, stop)
             if full is None:
                 gold = _gather(scores, np.arange(stop - start), gold_images[start:stop])
-                ir_sorted[start:stop] = _count_greater_per_row(scores, gold) + 1
+                ir_sorted[start:stop] = _count_above(scores, gold[:, None], [(0, num_images)])[0][:, 0] + 1
             if top_k:
                 kk = min(top_k, num_images)
                 ir_topk_sorted[start:stop, :kk] = scores.topk(kk, dim=1).indices.cpu().numpy()
@@ -356,6 +330,7 @@ def _count_ranks(
         text_indices=index.kept,
         tr_topk=tr_topk,
         ir_topk=ir_topk,
+        text_language_codes=index.codes,
     )
 
 
@@ -419,8 +394,10 @@ def ranks_from_scores(
 ) -> RetrievalRanks:
     """TR and IR ranks from a precomputed (N_images, T) score matrix (e.g. from your own scorer).
 
-    Both directions read the one matrix; ``chunk_size`` sets the image rows compared at once."""
-    matrix = _as_float_tensor("scores", scores, check_finite=False)  # checked while counting
+    Both directions are counted in one streaming pass over the matrix, in cache-sized row blocks. NaN scores
+    are a ValueError; infinite ones are ordered like any other (``-inf`` keeps a pair out of the top).
+    ``chunk_size`` sets the query rows per block when collecting ``top_k`` candidates."""
+    matrix = _as_float_tensor("scores", scores, check_finite=False)  # NaN is checked while counting
     if matrix.shape[1] != len(text_languages):
         raise ValueError(f"scores has {matrix.shape[1]} columns but there are {len(text_languages)} texts")
     index = _index_texts(text_image_ids, text_languages, matrix.shape[0], languages)
@@ -429,7 +406,7 @@ def ranks_from_scores(
         matrix = matrix[:, torch.as_tensor(columns, device=matrix.device)]
     with torch.inference_mode():
         return _count_ranks(
-            index, matrix.shape[0], matrix, None, None, chunk_size, DEFAULT_BLOCK_ELEMENTS, top_k, False, True
+            index, matrix.shape[0], matrix, None, None, chunk_size, DEFAULT_BLOCK_ELEMENTS, top_k, False
         )
 
 
@@ -501,13 +478,18 @@ def _nan_to_none(value: float) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
-def _chance_recall(gallery: int, positives: np.ndarray, k: int) -> float:
-    """Expected recall@k of a random ranking: P(one of m positives among the first k of ``gallery``)."""
-    m = positives.astype(np.float64)
-    miss = np.ones_like(m)
-    for j in range(min(k, gallery)):
-        miss *= np.clip((gallery - m - j) / (gallery - j), 0.0, None)
-    return float(100.0 * np.mean(1.0 - miss))
+def _chance_recall(gallery: int, positives: np.ndarray, ks: Sequence[int]) -> list[float]:
+    """Expected recall@k of a random ranking, for each k: P(one of m positives among the first k of
+    ``gallery``), averaged over the queries (``positives`` holds each query's m)."""
+    queries = np.bincount(positives.astype(np.int64))
+    m = np.flatnonzero(queries).astype(np.float64)
+    queries = queries[queries > 0]
+    if not gallery or not len(m):
+        return [0.0 if len(m) else math.nan for _ in ks]
+    j = np.arange(min(max(ks), gallery))
+    miss = np.cumprod(np.clip((gallery - m[:, None] - j) / (gallery - j), 0.0, None), axis=1)
+    hits = 1.0 - miss[:, [min(k, gallery) - 1 for k in ks]]  # (distinct m, len(ks))
+    return [float(v) for v in 100.0 * (queries @ hits) / queries.sum()]
 
 
 def retrieval_metrics(
@@ -523,17 +505,27 @@ def retrieval_metrics(
         raise ValueError(f"ks must be positive integers, got {ks}")
     recall: dict[str, dict[str, dict[str, float]]] = {"TR": {}, "IR": {}}
     chance: dict[str, dict[str, list[float]]] = {"TR": {f"R@{k}": [] for k in ks}, "IR": {f"R@{k}": [] for k in ks}}
-    codes = _language_codes(ranks.text_languages, ranks.languages)
+    codes = ranks.text_language_codes
+    num_langs = len(ranks.languages)
+    has_tr = ~np.isnan(ranks.tr_ranks)
+    with np.errstate(invalid="ignore"):  # NaN (no caption) compares False and is not counted
+        tr_hits = np.stack([(ranks.tr_ranks <= k).sum(axis=0) for k in ks], axis=1) / has_tr.sum(axis=0)[:, None]
+    texts_per_language = np.bincount(codes, minlength=num_langs)
+    ir_hits = np.stack(
+        [np.bincount(codes, weights=ranks.ir_ranks <= k, minlength=num_langs) for k in ks], axis=1
+    ) / texts_per_language[:, None]
+    captions_per_image = np.bincount(
+        codes * ranks.num_images + ranks.text_image_ids, minlength=num_langs * ranks.num_images
+    ).reshape(num_langs, ranks.num_images)
+    ir_chance = _chance_recall(ranks.num_images, np.ones(1), ks)
     for li, lang in enumerate(ranks.languages):
-        column = ranks.tr_ranks[:, li]
-        has = ~np.isnan(column)
-        recall["TR"][lang] = {f"R@{k}": float(100.0 * np.mean(column[has] <= k)) for k in ks}
-        mask = codes == li
-        recall["IR"][lang] = {f"R@{k}": float(100.0 * np.mean(ranks.ir_ranks[mask] <= k)) for k in ks}
-        positives = np.bincount(ranks.text_image_ids[mask], minlength=ranks.num_images)[has]
-        for k in ks:
-            chance["TR"][f"R@{k}"].append(_chance_recall(int(mask.sum()), positives, k))
-            chance["IR"][f"R@{k}"].append(_chance_recall(ranks.num_images, np.ones(1), k))
+        recall["TR"][lang] = {f"R@{k}": float(100.0 * v) for k, v in zip(ks, tr_hits[li])}
+        recall["IR"][lang] = {f"R@{k}": float(100.0 * v) for k, v in zip(ks, ir_hits[li])}
+        positives = captions_per_image[li][has_tr[:, li]]
+        for k, value in zip(ks, _chance_recall(int(texts_per_language[li]), positives, ks)):
+            chance["TR"][f"R@{k}"].append(value)
+        for k, value in zip(ks, ir_chance):  # one gold image among all images, the same for every language
+            chance["IR"][f"R@{k}"].append(value)
     recall_avg = {
         d: {f"R@{k}": float(np.mean([recall[d][lang][f"R@{k}"] for lang in ranks.languages])) for k in ks}
         for d in ("TR", "IR")
