@@ -103,10 +103,12 @@ class SegmentLayout:
         return np.add.reduceat(lanes, self.first_part, axis=1)
 
 
-def _threads(num_rows: int) -> int:
-    import torch  # follow torch's thread setting (torch.set_num_threads / OMP_NUM_THREADS)
+def _threads(num_rows: int, num_cols: int) -> int:
+    """As many threads as torch uses (torch.set_num_threads / OMP_NUM_THREADS), while each gets at least a
+    row and a block's worth of scores: below that, handing work over costs more than it saves."""
+    import torch
 
-    return max(1, min(_MAX_THREADS, torch.get_num_threads(), num_rows // 64))
+    return max(1, min(_MAX_THREADS, torch.get_num_threads(), num_rows, num_rows * num_cols // CACHE_ELEMENTS))
 
 
 _pool: tuple[int, ThreadPoolExecutor] | None = None
@@ -121,9 +123,9 @@ def _thread_pool() -> ThreadPoolExecutor:
     return _pool[1]
 
 
-def _run_row_ranges(work: Callable[[int, int], Any], num_rows: int) -> list[Any]:
+def _run_row_ranges(work: Callable[[int, int], Any], num_rows: int, num_cols: int) -> list[Any]:
     """``work(start, stop)`` over contiguous row ranges, one per thread."""
-    workers = _threads(num_rows)
+    workers = _threads(num_rows, num_cols)
     if workers == 1:
         return [work(0, num_rows)]
     edges = np.linspace(0, num_rows, workers + 1).astype(int).tolist()
@@ -188,7 +190,7 @@ def count_above(
         cols += word_sums.view(np.uint8)
         return cols[:num_cols], has_nan
 
-    parts = _run_row_ranges(work, num_rows) if num_rows else [(None, False)]
+    parts = _run_row_ranges(work, num_rows, num_cols) if num_rows else [(None, False)]
     has_nan = any(nan for _, nan in parts)
     if col_thresholds is None:
         return rows_out, None, has_nan

@@ -5,10 +5,11 @@
 - IR (text -> image): for every caption, the rank of its image among all images.
 - Rank = 1 + number of gallery items scoring *strictly* higher than the gold item (ties favour the gold).
 
-Ranks are counted block by block over *query* rows (bounded memory whatever the gallery size), and the
-gold score is always read from the same block's matmul result, so rounding differences between blocks
-cannot create off-by-one ranks. Optional stage 2 re-scores each query's top-k with a pair scorer (the
-ITM head of models with fusion layers), as the paper does.
+Ranks are counted block by block over image rows (bounded memory whatever the gallery size; the counting
+itself is in ``rank_counting``), and every comparison is against the gold score as the same block's
+matmul computed it, so rounding differences between blocks cannot create off-by-one ranks. Optional
+stage 2 re-scores each query's top-k with a pair scorer (the ITM head of models with fusion layers), as
+the paper does.
 """
 
 from __future__ import annotations
@@ -246,6 +247,11 @@ def _best_gold(
     return best.view(stop - start, num_langs)
 
 
+def _on(tensor: torch.Tensor, positions: np.ndarray | slice) -> torch.Tensor | slice:
+    """Index positions as a tensor on ``tensor``'s device (a slice stays a slice)."""
+    return positions if isinstance(positions, slice) else torch.as_tensor(positions, device=tensor.device)
+
+
 def _gather(scores: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
     """``scores[rows, cols]`` (numpy indexing on CPU, torch on other devices)."""
     if scores.device.type == "cpu":
@@ -257,8 +263,8 @@ def _count_ranks(
     index: _TextIndex,
     num_images: int,
     full: torch.Tensor | None,
-    image_block: Callable[[int, int], torch.Tensor] | None,
-    text_block: Callable[[int, int], torch.Tensor] | None,
+    image_block: Callable[..., torch.Tensor] | None,
+    text_block: Callable[[Any], torch.Tensor] | None,
     chunk_size: int | None,
     max_block_elements: int,
     top_k: int,
@@ -267,8 +273,12 @@ def _count_ranks(
     """Shared by every score source.
 
     Either ``full`` (N, T) holds all scores (texts in sorted order) and both directions read from it, or
-    ``image_block(s, e)`` -> (e-s, T) and ``text_block(s, e)`` -> (e-s, N) compute query blocks, and each
-    block's gold scores come from that block.
+    query blocks are computed: ``image_block(s, e, cols=None)`` -> (e-s, T) scores of images s:e against
+    the sorted texts (or those at ``cols``), ``text_block(rows)`` -> (len(rows), N) scores of the sorted
+    texts ``rows`` against all images. TR golds always come from the block they are compared against.
+    Without a top-k, IR is counted in the same pass over image blocks against gold scores computed
+    beforehand (one matmul instead of two); a caption whose gold differs in its last bits between the two
+    computations is recounted from a text block, so rounding cannot shift a rank by one.
     """
     num_texts = len(index.order)
     num_langs = len(index.languages)
@@ -286,34 +296,54 @@ def _count_ranks(
         tr_counts, ir_counts = _count_above(full, best, index.bounds, ir_gold)
         tr[has_caption] = tr_counts[has_caption] + 1
         ir_sorted += ir_counts
+    one_pass = full is None and not top_k
     if full is None or top_k:
         rows = _rows_per_block(num_texts, chunk_size, max_block_elements if full is None else CACHE_ELEMENTS)
         starts = range(0, num_images, rows)
-        for start in _progress(starts, len(starts), "TR ranks", progress):
+        if one_pass:
+            ir_gold = _gold_before_blocks(image_block, index, num_images, rows, progress)
+            block_gold = torch.empty_like(ir_gold)
+        for start in _progress(starts, len(starts), "TR and IR ranks" if one_pass else "TR ranks", progress):
             stop = min(start + rows, num_images)
             scores = full[start:stop] if full is not None else image_block(start, stop)
             if full is None:
-                counts = _count_above(scores, _best_gold(scores, start, stop, index), index.bounds)[0] + 1
+                best = _best_gold(scores, start, stop, index)
+                counts, ir_counts = _count_above(scores, best, index.bounds, ir_gold if one_pass else None)
                 mask = has_caption[start:stop]
-                tr[start:stop][mask] = counts[mask]
+                tr[start:stop][mask] = counts[mask] + 1
+            if one_pass:
+                ir_sorted += ir_counts
+                a, b = np.searchsorted(index.pair_images, [start, stop])
+                cols = index.pair_cols[a:b]
+                block_gold[torch.as_tensor(cols, device=block_gold.device)] = _gather(
+                    scores, index.pair_images[a:b] - start, cols
+                )
             for k, (lo, hi) in enumerate(index.bounds if top_k else []):
                 kk = min(top_k, hi - lo)
                 cand = scores[:, lo:hi].topk(kk, dim=1).indices.cpu().numpy() + lo
                 tr_topk[start:stop, k, :kk] = sorted_to_kept[cand]
 
+    recount = np.arange(num_texts) if full is None and top_k else np.zeros(0, dtype=np.int64)
+    if one_pass:  # the gold the block compared against must be the block's own value
+        recount = np.flatnonzero((block_gold != ir_gold).cpu().numpy())
     ir_topk_sorted = np.full((num_texts, top_k), -1, dtype=np.int64) if top_k else None
-    if full is None or top_k:
+    if len(recount) or top_k:
         rows = _rows_per_block(num_images, chunk_size, max_block_elements)
-        starts = range(0, num_texts, rows)
+        texts = recount if full is None else np.arange(num_texts)
+        starts = range(0, len(texts), rows)
         for start in _progress(starts, len(starts), "IR ranks", progress):
-            stop = min(start + rows, num_texts)
-            scores = full[:, start:stop].T if full is not None else text_block(start, stop)
+            block = texts[start : start + rows]
+            if full is not None:
+                scores = full[:, start : start + rows].T
+            else:  # a slice while the texts run contiguously (no gather copy)
+                contiguous = block[-1] - block[0] + 1 == len(block)
+                scores = text_block(slice(int(block[0]), int(block[-1]) + 1) if contiguous else block)
             if full is None:
-                gold = _gather(scores, np.arange(stop - start), gold_images[start:stop])
-                ir_sorted[start:stop] = _count_above(scores, gold[:, None], [(0, num_images)])[0][:, 0] + 1
+                gold = _gather(scores, np.arange(len(block)), gold_images[block])
+                ir_sorted[block] = _count_above(scores, gold[:, None], [(0, num_images)])[0][:, 0] + 1
             if top_k:
                 kk = min(top_k, num_images)
-                ir_topk_sorted[start:stop, :kk] = scores.topk(kk, dim=1).indices.cpu().numpy()
+                ir_topk_sorted[block, :kk] = scores.topk(kk, dim=1).indices.cpu().numpy()
 
     ir = np.empty(num_texts, dtype=np.int64)
     ir[sorted_to_kept] = ir_sorted
@@ -334,6 +364,26 @@ def _count_ranks(
     )
 
 
+def _gold_before_blocks(
+    image_block: Callable[..., torch.Tensor], index: _TextIndex, num_images: int, rows: int, progress: bool
+) -> torch.Tensor:
+    """(T,) every sorted text's score with its own image, computed per block of images against just the
+    captions of those images (a small fraction of the full matmul)."""
+    gold = None
+    starts = range(0, num_images, rows)
+    for start in _progress(starts, len(starts), "gold scores", progress):
+        stop = min(start + rows, num_images)
+        a, b = np.searchsorted(index.pair_images, [start, stop])
+        if a == b:
+            continue
+        cols = index.pair_cols[a:b]
+        values = _gather(image_block(start, stop, cols), index.pair_images[a:b] - start, np.arange(b - a))
+        if gold is None:
+            gold = torch.empty(len(index.order), dtype=values.dtype, device=values.device)
+        gold[torch.as_tensor(cols, device=gold.device)] = values
+    return gold
+
+
 def compute_retrieval_ranks(
     image_embeds: Any,
     text_embeds: Any,
@@ -351,10 +401,12 @@ def compute_retrieval_ranks(
 
     Scores are cosine similarities (``normalize=True``; the model's features are not normalised) or
     ``score_fn(query_block, gallery) -> (b, G)``. When all N x T scores fit in ``max_block_elements``
-    they are computed by one matmul that serves both directions; otherwise query blocks of at most that
-    many scores are computed per direction (``chunk_size`` fixes the rows per block and forces blocks).
-    ``top_k > 0`` keeps each query's top-k candidates for :func:`rerank_ranks`. ``languages`` selects
-    (and orders) the languages evaluated.
+    they are computed by one matmul that serves both directions; otherwise blocks of image rows of at most
+    that many scores are computed once and counted for both directions (``chunk_size`` fixes the rows per
+    block and forces blocks). ``score_fn`` is also called as ``score_fn(caption_block, images)`` for the
+    IR direction when a caption needs recounting or with ``top_k``. ``top_k > 0`` keeps each query's top-k
+    candidates for :func:`rerank_ranks` (then captions are scored in blocks of their own as well).
+    ``languages`` selects (and orders) the languages evaluated.
     """
     images = _as_float_tensor("image_embeds", image_embeds)
     texts = _as_float_tensor("text_embeds", text_embeds).to(images.device)
@@ -375,8 +427,8 @@ def compute_retrieval_ranks(
             index,
             images.shape[0],
             scorer(images, texts) if one_matmul else None,
-            lambda s, e: scorer(images[s:e], texts),
-            lambda s, e: scorer(texts[s:e], images),
+            lambda s, e, cols=None: scorer(images[s:e], texts if cols is None else texts[_on(texts, cols)]),
+            lambda rows: scorer(texts[_on(texts, rows)], images),
             chunk_size,
             max_block_elements,
             top_k,
