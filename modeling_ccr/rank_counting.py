@@ -92,11 +92,7 @@ class SegmentLayout:
     def count(self, buffer: np.ndarray) -> np.ndarray:
         """(rows, segments) number of Trues per segment of each buffer row."""
         rows = buffer.shape[0]
-        words = buffer.view(np.uint64)
-        if len(self.part_starts) == self.words:  # one word per part: nothing to add across words
-            partial = words
-        else:
-            partial = np.add.reduceat(words, self.part_starts, axis=1)
+        partial = np.add.reduceat(buffer.view(np.uint64), self.part_starts, axis=1)
         lanes = partial.view(np.uint8).reshape(rows, -1, 8).sum(axis=2, dtype=np.int64)
         if len(self.first_part) == lanes.shape[1]:
             return lanes

@@ -222,7 +222,6 @@ def _count_above(
     return rows, cols
 
 
-
 def _best_gold(
     scores: torch.Tensor, start: int, stop: int, index: _TextIndex, text_gold: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -306,30 +305,29 @@ def _count_ranks(
         for start in _progress(starts, len(starts), "TR and IR ranks" if one_pass else "TR ranks", progress):
             stop = min(start + rows, num_images)
             scores = full[start:stop] if full is not None else image_block(start, stop)
+            if one_pass:  # this block's own gold scores, read once: for TR and to check IR's after the pass
+                a, b = np.searchsorted(index.pair_images, [start, stop])
+                cols = index.pair_cols[a:b]
+                block_gold[_on(block_gold, cols)] = _gather(scores, index.pair_images[a:b] - start, cols)
             if full is None:
-                best = _best_gold(scores, start, stop, index)
+                best = _best_gold(scores, start, stop, index, text_gold=block_gold if one_pass else None)
                 counts, ir_counts = _count_above(scores, best, index.bounds, ir_gold if one_pass else None)
                 mask = has_caption[start:stop]
                 tr[start:stop][mask] = counts[mask] + 1
-            if one_pass:
-                ir_sorted += ir_counts
-                a, b = np.searchsorted(index.pair_images, [start, stop])
-                cols = index.pair_cols[a:b]
-                block_gold[torch.as_tensor(cols, device=block_gold.device)] = _gather(
-                    scores, index.pair_images[a:b] - start, cols
-                )
+                if one_pass:
+                    ir_sorted += ir_counts
             for k, (lo, hi) in enumerate(index.bounds if top_k else []):
                 kk = min(top_k, hi - lo)
                 cand = scores[:, lo:hi].topk(kk, dim=1).indices.cpu().numpy() + lo
                 tr_topk[start:stop, k, :kk] = sorted_to_kept[cand]
 
-    recount = np.arange(num_texts) if full is None and top_k else np.zeros(0, dtype=np.int64)
-    if one_pass:  # the gold the block compared against must be the block's own value
-        recount = np.flatnonzero((block_gold != ir_gold).cpu().numpy())
+    if one_pass:  # recount the captions whose gold, as compared against, was not the block's own value
+        texts = np.flatnonzero((block_gold != ir_gold).cpu().numpy())
+    else:  # a full matrix has IR counted already; caption blocks are needed only for their top-k
+        texts = np.arange(num_texts) if top_k else np.zeros(0, dtype=np.int64)
     ir_topk_sorted = np.full((num_texts, top_k), -1, dtype=np.int64) if top_k else None
-    if len(recount) or top_k:
+    if len(texts):
         rows = _rows_per_block(num_images, chunk_size, max_block_elements)
-        texts = recount if full is None else np.arange(num_texts)
         starts = range(0, len(texts), rows)
         for start in _progress(starts, len(starts), "IR ranks", progress):
             block = texts[start : start + rows]
