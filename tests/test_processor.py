@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests._core_helpers import IMAGE_SIZE, make_processor
+from conftest import IMAGE_SIZE, make_processor
 
 
 @pytest.fixture(scope="module")

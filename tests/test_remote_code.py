@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
-from tests._core_helpers import caption_batch, make_model, make_processor
+from conftest import caption_batch, make_model, make_processor
 
 REMOTE_FILES = ("configuration_ccr.py", "modeling_ccr.py", "processing_ccr.py")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _trainer_helpers import tiny_ccr_dataset, tiny_model, tiny_processor
+from conftest import tiny_ccr_dataset, tiny_model, tiny_processor
 from safetensors.torch import load_file
 
 from modeling_ccr.collator import CCRCollator, add_mlm_inputs, sample_captions
