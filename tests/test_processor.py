@@ -8,9 +8,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import IMAGE_SIZE, make_processor
+from PIL import Image
 
 
 @pytest.fixture(scope="module")
