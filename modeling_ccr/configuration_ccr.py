@@ -54,8 +54,9 @@ class CCRConfig(PretrainedConfig):
         itc_divide_by_k (`bool`, defaults to False): False = the paper's formula (mean over each image's positives,
             L_t2i averaged over texts); True = the authors' released code (sum over positives and the whole ITC
             divided by K = most captions of one image in the batch, which also scales L_t2i by 1/K).
-        gather_across_processes (`bool`, defaults to True): all-gather embeddings (with gradients) across
-            torch.distributed processes so the ITC loss sees every process's negatives.
+        gather_across_processes (`bool`, defaults to True): CCRTrainer all-gathers embeddings (with gradients)
+            across torch.distributed processes so the ITC loss sees every process's negatives (`forward` itself
+            computes the loss of its own batch, like CLIP's).
         mlm_probability (`float`, defaults to 0.15): CMLM masking rate of the training recipe, in [0, 1); 0 means no
             CMLM. `CCRTrainer` masks with it (and writes its `--mlm_probability` here, so config.json records the
             rate that ran); `forward` itself never masks, it reads CMLM inputs from `mlm_input_ids` / `mlm_labels`.

@@ -584,6 +584,8 @@ class CCRModel(PreTrainedModel):
 
         Those hold `fusion_layers.*`, `image_token_projection.*`, ... instead of `fusion.layers.*`, ...; they are
         renamed through from_pretrained's public `key_mapping` argument (extended, never replaced, when given).
+        transformers reverses a renaming it applied when the model is saved again, so such a model keeps the layout
+        it came in, which both layouts' code reads.
         """
         kwargs["key_mapping"] = {**_PRE_FUSION_MODULE_KEYS, **(kwargs.get("key_mapping") or {})}
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
