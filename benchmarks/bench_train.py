@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from transformers import BertConfig, ViTConfig  # noqa: E402
 
 from modeling_ccr import CCRConfig, CCRModel  # noqa: E402
-from modeling_ccr.collator import mask_tokens  # noqa: E402
+from modeling_ccr.masking import mask_tokens  # noqa: E402
 
 IMAGES, LANGUAGES, TEXT_LENGTH, VOCAB = 32, 6, 16, 4000
 

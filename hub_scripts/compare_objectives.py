@@ -5,7 +5,7 @@ Same model, same data, same budget; only ``--loss_type`` changes. Each (objectiv
 ``hub_scripts/train.py`` in its own process; the table (mean ± std over seeds) goes to
 ``<output>/comparison.md`` and ``<output>/comparison.json``.
 
-    python hub_scripts/compare_objectives.py                      # 4 objectives x 3 seeds
+    python hub_scripts/compare_objectives.py                      # every objective x 3 seeds
     python hub_scripts/compare_objectives.py --seeds 0 --num_train_epochs 2   # a quick look
 Extra arguments after ``--`` go to train.py unchanged.
 """
@@ -21,7 +21,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-OBJECTIVES = ("one_to_k", "one_to_one", "per_language", "pivot")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from modeling_ccr.objectives import LOSS_TYPES as OBJECTIVES  # noqa: E402
+
 TRAIN = Path(__file__).resolve().with_name("train.py")
 
 

@@ -31,6 +31,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from modeling_ccr import CCRConfig, CCRModel, CCRProcessor  # noqa: E402
 from modeling_ccr.dataset_schema import check_ccr_dataset, dataset_languages  # noqa: E402
+from modeling_ccr.objectives import check_objective  # noqa: E402
 from modeling_ccr.presets import resolve_tower, text_presets, vision_presets  # noqa: E402
 from modeling_ccr.trainer import CCRTrainer, CCRTrainingArguments, last_complete_checkpoint  # noqa: E402
 
@@ -245,8 +246,7 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
         training_args.resume_from_checkpoint = last_complete_checkpoint(training_args.output_dir)
     splits = load_splits(data_args)
     languages = dataset_languages(splits[data_args.train_split])
-    if training_args.loss_type == "pivot" and "en" not in languages:
-        raise ValueError(f"--loss_type pivot needs English captions; the training data has {languages}")
+    check_objective(training_args.loss_type, languages)
     vision = resolve_tower(model_args.vision_model, vision_presets(model_args.image_size), "vision")
     text = resolve_tower(model_args.text_model, text_presets(model_args.vocab_size, model_args.max_text_length + 2), "text")
     return PreparedRun(model_args, data_args, training_args, run_dir, splits, languages, vision, text)

@@ -2,9 +2,9 @@
 
 Training batches hold every caption of their images; :func:`sample_captions` then keeps, per image and
 language, ``captions_per_language`` of them (images simply lack the languages they have no caption in)
-and :func:`add_mlm_inputs` masks tokens for CMLM. Evaluation batches keep every caption and lay them
-out per image, ``(B, max_texts, ...)``, so that Trainer's gather across processes keeps texts and images
-aligned.
+and :func:`modeling_ccr.masking.add_mlm_inputs` masks tokens for CMLM. Evaluation batches keep every
+caption and lay them out per image, ``(B, max_texts, ...)``, so that Trainer's gather across processes
+keeps texts and images aligned.
 
 The random draws happen in the training step (``CCRTrainer.compute_loss``), not in the collator: the
 data loader collates one batch ahead, so draws made there would interleave with the model's own and
@@ -20,9 +20,8 @@ from typing import Any
 
 import torch
 
+from .masking import IGNORE_INDEX
 from .processing_ccr import CCRProcessor
-
-IGNORE_INDEX = -100
 
 
 def _caption_records(feature: dict[str, Any], row: int) -> list[dict[str, str]]:
@@ -36,30 +35,6 @@ def _caption_records(feature: dict[str, Any], row: int) -> list[dict[str, str]]:
         if not isinstance(caption["text"], str) or not caption["text"].strip():
             raise ValueError(f"image {image_id!r}: empty caption text in language {caption['language']!r}")
     return captions
-
-
-def mask_tokens(
-    input_ids: torch.Tensor,
-    special_tokens_mask: torch.Tensor,
-    mask_token_id: int,
-    vocab_size: int,
-    mlm_probability: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT masking: of the chosen tokens, 80% become [MASK], 10% a random token, 10% stay.
-
-    Returns ``(masked_input_ids, labels)`` with ``labels == -100`` where no prediction is made.
-    """
-    labels = input_ids.clone()
-    probability = torch.full(labels.shape, mlm_probability)
-    probability.masked_fill_(special_tokens_mask.bool(), 0.0)
-    masked = torch.bernoulli(probability).bool()
-    labels[~masked] = IGNORE_INDEX
-    masked_input_ids = input_ids.clone()
-    replace = torch.bernoulli(torch.full(labels.shape, 0.8)).bool() & masked
-    masked_input_ids[replace] = mask_token_id
-    randomise = torch.bernoulli(torch.full(labels.shape, 0.5)).bool() & masked & ~replace
-    masked_input_ids[randomise] = torch.randint(vocab_size, labels.shape)[randomise]
-    return masked_input_ids, labels
 
 
 def sample_captions(batch: dict[str, torch.Tensor], captions_per_language: int) -> dict[str, torch.Tensor]:
@@ -79,17 +54,6 @@ def sample_captions(batch: dict[str, torch.Tensor], captions_per_language: int) 
     keep = rank < captions_per_language
     text_keys = ("input_ids", "attention_mask", "token_type_ids", "text_image_ids", "text_language_ids")
     return {key: value[keep] if key in text_keys else value for key, value in batch.items()}
-
-
-def add_mlm_inputs(batch: dict[str, torch.Tensor], tokenizer, mlm_probability: float) -> dict[str, torch.Tensor]:
-    """Add ``mlm_input_ids`` and ``mlm_labels`` (BERT masking of every text, special tokens never masked)."""
-    if tokenizer.mask_token_id is None:
-        raise ValueError("CMLM needs a tokenizer with a mask token")
-    input_ids = batch["input_ids"]
-    special = torch.isin(input_ids, torch.tensor(tokenizer.all_special_ids, device=input_ids.device))
-    special |= batch["attention_mask"] == 0
-    masked, labels = mask_tokens(input_ids, special, tokenizer.mask_token_id, len(tokenizer), mlm_probability)
-    return {**batch, "mlm_input_ids": masked, "mlm_labels": labels}
 
 
 @dataclass

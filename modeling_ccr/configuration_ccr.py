@@ -54,10 +54,13 @@ class CCRConfig(PretrainedConfig):
         itc_divide_by_k (`bool`, defaults to False): False = the paper's formula (mean over each image's positives,
             L_t2i averaged over texts); True = the authors' released code (sum over positives and the whole ITC
             divided by K = most captions of one image in the batch, which also scales L_t2i by 1/K).
-        gather_across_processes (`bool`, defaults to True): all-gather embeddings (with gradients) across
-            torch.distributed processes so the ITC loss sees every process's negatives.
-        mlm_probability (`float`, defaults to 0.15): masking rate used when forward masks texts itself.
-        mask_token_id (`int`, *optional*): id of the mask token, needed only when forward masks texts itself.
+        gather_across_processes (`bool`, defaults to True): CCRTrainer all-gathers embeddings (with gradients)
+            across torch.distributed processes so the ITC loss sees every process's negatives (`forward` itself
+            computes the loss of its own batch, like CLIP's).
+        mlm_probability (`float`, defaults to 0.15): CMLM masking rate of the training recipe, in [0, 1); 0 means no
+            CMLM. `CCRTrainer` masks with it (and writes its `--mlm_probability` here, so config.json records the
+            rate that ran); `forward` itself never masks, it reads CMLM inputs from `mlm_input_ids` / `mlm_labels`.
+        mask_token_id (`int`, *optional*): id of the tokenizer's mask token, recorded with the model.
         vision_pooling (`str`, defaults to "auto"): "auto" = the tower's pooler_output when it has one (ViT pooler,
             CLIP post-LN CLS, SigLIP head, Swin average pool), else mean of tokens; "pooler"; "cls"; "mean".
         text_pooling (`str`, defaults to "cls"): "cls" = hidden state of the first token ([CLS] / <s>),
@@ -109,8 +112,8 @@ class CCRConfig(PretrainedConfig):
             raise ValueError(f"projection_dim must be >= 1, got {self.projection_dim}")
         if int(self.num_fusion_layers) < 0:
             raise ValueError(f"num_fusion_layers must be >= 0, got {self.num_fusion_layers}")
-        if not 0.0 < float(self.mlm_probability) < 1.0:
-            raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if not 0.0 <= float(self.mlm_probability) < 1.0:
+            raise ValueError(f"mlm_probability must be in [0, 1), got {self.mlm_probability}")
         if self.vision_pooling not in _POOLING_VISION:
             raise ValueError(f"vision_pooling must be one of {_POOLING_VISION}, got {self.vision_pooling!r}")
         if self.text_pooling not in _POOLING_TEXT:

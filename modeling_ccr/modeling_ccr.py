@@ -71,7 +71,7 @@ def one_to_k_contrastive_loss(
     temperature: torch.Tensor | float,
     divide_by_k: bool = False,
 ) -> torch.Tensor:
-    r"""1-to-K image-text contrastive loss (paper's formula, shared/DESIGN.md).
+    r"""1-to-K image-text contrastive loss, the paper's formula (Nie et al., KDD 2024):
 
     With `s_ij = v_i . t_j / tau`, `o(j)` the image of text j and `P_i = {j : o(j) = i}`:
 
@@ -106,97 +106,6 @@ def one_to_k_contrastive_loss(
         raise ValueError(f"embedding sizes differ: images {image_embeds.shape[1]}, texts {text_embeds.shape[1]}")
     logits_per_image = image_embeds @ text_embeds.t() / temperature
     return one_to_k_loss_from_logits(logits_per_image, text_image_ids, divide_by_k=divide_by_k)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# All-gather with gradients, for the contrastive loss across processes.
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class _AllGatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward sums the gradient of every process and returns this rank's slice.
-
-    Works on every backend (gloo, nccl) since it only needs all_gather and all_reduce.
-    """
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor, group: Any) -> torch.Tensor:
-        import torch.distributed as dist
-
-        ctx.group = group
-        ctx.rank = dist.get_rank(group=group)
-        tensor = tensor.contiguous()
-        out = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group=group))]
-        dist.all_gather(out, tensor, group=group)
-        return torch.stack(out)
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        import torch.distributed as dist
-
-        grad = grad_output.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        return grad[ctx.rank], None
-
-
-def _distributed_world_size(group: Any = None) -> int:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return 1
-    return dist.get_world_size(group=group)
-
-
-def gather_for_contrastive(
-    image_embeds: torch.Tensor,
-    text_embeds: torch.Tensor,
-    text_image_ids: torch.Tensor,
-    *text_extras: torch.Tensor,
-    group: Any = None,
-) -> tuple[torch.Tensor, ...]:
-    """Gather image/text embeddings of all processes, with gradients, for a global 1-to-K loss.
-
-    Each process may hold a different number of images and texts: both are padded to the largest count, gathered,
-    and the padding rows are dropped again with the gathered sizes (the mask). `text_image_ids` are offset to
-    global image indices (process r's images come after those of processes 0..r-1). Every process then computes
-    the loss of the global batch, like open_clip's `gather_with_grad=True, local_loss=False`: the backward sums each
-    process's gradient into the owner's slice, so with DDP's gradient averaging the update is that of one big batch.
-
-    `text_extras` are further per-text integer tensors (T,), e.g. language ids, gathered alongside (no gradient).
-    Returns `(images, texts, text_image_ids, *text_extras)`, the inputs unchanged when torch.distributed is not
-    initialised or has one process.
-    """
-    if _distributed_world_size(group) <= 1:
-        return (image_embeds, text_embeds, text_image_ids, *text_extras)
-    import torch.distributed as dist
-
-    world = dist.get_world_size(group=group)
-    device = image_embeds.device
-    n_img, n_txt = image_embeds.shape[0], text_embeds.shape[0]
-    sizes = torch.tensor([n_img, n_txt], dtype=torch.long, device=device)
-    all_sizes = [torch.empty_like(sizes) for _ in range(world)]
-    dist.all_gather(all_sizes, sizes, group=group)
-    all_sizes = torch.stack(all_sizes).tolist()
-    max_img = max(s[0] for s in all_sizes)
-    max_txt = max(s[1] for s in all_sizes)
-
-    img_pad = F.pad(image_embeds, (0, 0, 0, max_img - n_img))
-    txt_pad = F.pad(text_embeds, (0, 0, 0, max_txt - n_txt))
-    all_img = _AllGatherWithGrad.apply(img_pad, group)  # (W, max_img, D)
-    all_txt = _AllGatherWithGrad.apply(txt_pad, group)  # (W, max_txt, D)
-    per_text = []
-    for values in (text_image_ids, *text_extras):
-        padded = F.pad(values.long(), (0, max_txt - n_txt), value=-1)
-        gathered = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(gathered, padded, group=group)
-        per_text.append(torch.stack(gathered))
-
-    rows = torch.arange(max(max_img, max_txt), device=device)
-    img_mask = torch.stack([rows[:max_img] < s[0] for s in all_sizes])  # (W, max_img) True = real row
-    txt_mask = torch.stack([rows[:max_txt] < s[1] for s in all_sizes])
-    offsets = torch.tensor([0] + [s[0] for s in all_sizes[:-1]], device=device).cumsum(0)
-    ids = per_text[0] + offsets[:, None]
-    return (all_img[img_mask], all_txt[txt_mask], ids[txt_mask], *(extra[txt_mask] for extra in per_text[1:]))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -288,6 +197,52 @@ class CCRMLMHead(nn.Module):
         return self.decoder(self.norm(F.gelu(self.dense(hidden))))
 
 
+class CCRFusionEncoder(nn.Module):
+    """The fusion encoder with its two heads, the part of the model behind MITM, CMLM and ITM re-ranking.
+
+    Image tokens (the vision tower's last hidden states) are projected to the text width; each layer runs text
+    self-attention, cross-attention over those image tokens and a feed-forward block. The ITM head reads the first
+    text token (match / no match), the MLM head every token.
+    """
+
+    def __init__(self, config: CCRConfig, vision_hidden_size: int, text_hidden_size: int):
+        super().__init__()
+        hidden = text_hidden_size
+        heads = config.fusion_num_attention_heads or getattr(config.text_config, "num_attention_heads", 8)
+        inter = config.fusion_intermediate_size or 4 * hidden
+        dropout = float(getattr(config.text_config, "hidden_dropout_prob", 0.1) or 0.0)
+        eps = float(getattr(config.text_config, "layer_norm_eps", 1e-12) or 1e-12)
+        self.image_token_projection = nn.Linear(vision_hidden_size, hidden)
+        self.image_token_norm = nn.LayerNorm(hidden, eps=eps)
+        self.layers = nn.ModuleList(
+            [CCRFusionLayer(hidden, heads, inter, dropout, eps) for _ in range(config.num_fusion_layers)]
+        )
+        self.itm_head = nn.Linear(hidden, 2)
+        self.mlm_head = CCRMLMHead(hidden, int(config.text_config.vocab_size), eps)
+
+    def image_tokens(self, vision_hidden_state: torch.Tensor) -> torch.Tensor:
+        """(B, N, text hidden) tokens to cross-attend to, from (B, N, C) token states or a (B, C, H, W) feature map."""
+        if vision_hidden_state.dim() == 4:
+            vision_hidden_state = vision_hidden_state.flatten(2).transpose(1, 2)
+        return self.image_token_norm(self.image_token_projection(vision_hidden_state))
+
+    def forward(self, text_hidden: torch.Tensor, text_mask: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Fused text states (P, L, H) of P (text, image) pairs."""
+        for layer in self.layers:
+            text_hidden = layer(text_hidden, text_mask, image_tokens)
+        return text_hidden
+
+
+# State-dict keys written before the fusion encoder became one module (CCRModel.from_pretrained renames them).
+_PRE_FUSION_MODULE_KEYS = {
+    r"^fusion_layers\.": "fusion.layers.",
+    r"^image_token_projection\.": "fusion.image_token_projection.",
+    r"^image_token_norm\.": "fusion.image_token_norm.",
+    r"^itm_head\.": "fusion.itm_head.",
+    r"^mlm_head\.": "fusion.mlm_head.",
+}
+
+
 def _hidden_size(config: Any) -> int:
     size = getattr(config, "hidden_size", None)
     if size is None and getattr(config, "hidden_sizes", None):
@@ -362,19 +317,9 @@ class CCRModel(PreTrainedModel):
         self.text_projection = nn.Linear(self.text_embed_dim, config.projection_dim, bias=False)
         self.tau = nn.Parameter(torch.tensor(float(config.tau_init)))
 
-        if config.num_fusion_layers > 0:
-            hidden = self.text_embed_dim
-            heads = config.fusion_num_attention_heads or getattr(config.text_config, "num_attention_heads", 8)
-            inter = config.fusion_intermediate_size or 4 * hidden
-            dropout = float(getattr(config.text_config, "hidden_dropout_prob", 0.1) or 0.0)
-            eps = float(getattr(config.text_config, "layer_norm_eps", 1e-12) or 1e-12)
-            self.image_token_projection = nn.Linear(self.vision_embed_dim, hidden)
-            self.image_token_norm = nn.LayerNorm(hidden, eps=eps)
-            self.fusion_layers = nn.ModuleList(
-                [CCRFusionLayer(hidden, heads, inter, dropout, eps) for _ in range(config.num_fusion_layers)]
-            )
-            self.itm_head = nn.Linear(hidden, 2)
-            self.mlm_head = CCRMLMHead(hidden, int(config.text_config.vocab_size), eps)
+        self.fusion = (
+            CCRFusionEncoder(config, self.vision_embed_dim, self.text_embed_dim) if config.num_fusion_layers > 0 else None
+        )
 
         self.post_init()
 
@@ -439,25 +384,15 @@ class CCRModel(PreTrainedModel):
         return self.text_projection(self._pool_text(outputs, attention_mask))
 
     # ---------------------------------------------------------------- fusion (stage 2)
-    def _require_fusion(self) -> None:
-        if self.config.num_fusion_layers <= 0:
+    def _require_fusion(self) -> CCRFusionEncoder:
+        if self.fusion is None:
             raise ValueError("this model has no fusion encoder (config.num_fusion_layers == 0): no ITM / MLM")
-
-    def _image_tokens_from_outputs(self, vision_outputs: Any) -> torch.Tensor:
-        hidden = vision_outputs.last_hidden_state
-        if hidden.dim() == 4:
-            hidden = hidden.flatten(2).transpose(1, 2)
-        return self.image_token_norm(self.image_token_projection(hidden))
+        return self.fusion
 
     def get_image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Image tokens (B, N, H) that the fusion encoder cross-attends to (H = text hidden size)."""
-        self._require_fusion()
-        return self._image_tokens_from_outputs(self.vision_model(pixel_values=pixel_values))
-
-    def _fuse(self, text_hidden: torch.Tensor, text_mask: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
-        for layer in self.fusion_layers:
-            text_hidden = layer(text_hidden, text_mask, image_tokens)
-        return text_hidden
+        fusion = self._require_fusion()
+        return fusion.image_tokens(self.vision_model(pixel_values=pixel_values).last_hidden_state)
 
     def itm_scores(
         self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -466,59 +401,43 @@ class CCRModel(PreTrainedModel):
 
         The logit is log p(match) - log p(no match) of the ITM head, so higher means a better match.
         """
-        self._require_fusion()
+        fusion = self._require_fusion()
         if image_tokens.shape[0] != input_ids.shape[0]:
             raise ValueError(f"need one image per text: {image_tokens.shape[0]} images, {input_ids.shape[0]} texts")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         text_hidden = self._run_text(input_ids, attention_mask).last_hidden_state
-        logits = self.itm_head(self._fuse(text_hidden, attention_mask, image_tokens)[:, 0])
+        logits = fusion.itm_head(fusion(text_hidden, attention_mask, image_tokens)[:, 0])
         return logits[:, 1] - logits[:, 0]
 
     # ---------------------------------------------------------------- objectives
-    def _mask_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """BERT masking (80% [MASK], 10% random, 10% kept) of the real tokens, never the first and last one."""
-        if self.config.mask_token_id is None:
-            raise ValueError(
-                "CMLM needs masked texts: pass mlm_input_ids/mlm_labels, or set config.mask_token_id "
-                "(e.g. tokenizer.mask_token_id), or set mlm_weight=0"
-            )
-        mask = attention_mask.bool().clone()
-        mask[:, 0] = False
-        last = attention_mask.long().sum(1) - 1  # [SEP] / </s>
-        mask[torch.arange(mask.shape[0], device=mask.device), last.clamp(min=0)] = False
-        chosen = mask & (torch.rand(mask.shape, device=mask.device) < self.config.mlm_probability)
-        labels = input_ids.masked_fill(~chosen, -100)
-        masked = input_ids.clone()
-        replace = chosen & (torch.rand(mask.shape, device=mask.device) < 0.8)
-        masked[replace] = int(self.config.mask_token_id)
-        randomise = chosen & ~replace & (torch.rand(mask.shape, device=mask.device) < 0.5)
-        vocab = int(self.config.text_config.vocab_size)
-        masked[randomise] = torch.randint(vocab, (int(randomise.sum()),), device=mask.device)
-        return masked, labels
-
     @staticmethod
     def _sample(weights_logits: torch.Tensor) -> torch.Tensor:
         """One index per row, sampled with softmax(weights_logits) (entries at -inf are never drawn)."""
         probs = weights_logits.float().softmax(dim=1)
         return torch.multinomial(probs, 1).squeeze(1)
 
-    def _mitm_cmlm(
+    def fusion_losses(
         self,
         image_embeds: torch.Tensor,
         text_embeds: torch.Tensor,
         text_image_ids: torch.Tensor,
         image_tokens: torch.Tensor,
         text_hidden: torch.Tensor,
-        input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        mlm_input_ids: torch.Tensor | None,
-        mlm_labels: torch.Tensor | None,
+        mlm_input_ids: torch.Tensor | None = None,
+        mlm_labels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """MITM (hardest positive among an image's languages, hard negatives over all languages) and CMLM.
+        """The losses of the fusion encoder: `(loss_itm, loss_mlm)`, each None when it is not computed.
 
+        MITM: per image, a positive caption drawn among its captions in every language, favouring the least similar
+        one (hardest positive), a negative caption drawn from the other images' captions in every language, and a
+        negative image for the positive caption, both favouring the most similar; cross-entropy of the ITM head.
+        CMLM: masked-token prediction on each image's positive caption, read from `mlm_input_ids` / `mlm_labels`
+        (see `forward`), through the fusion encoder conditioned on the image.
         Negatives are sampled within this process's batch (as ALBEF / X-VLM do), not across processes.
         """
+        fusion = self._require_fusion()
         B = image_embeds.shape[0]
         device = image_embeds.device
         ids = text_image_ids.long()
@@ -538,28 +457,40 @@ class CCRModel(PreTrainedModel):
                 neg_image = self._sample(sim_t2i)
             img_idx = torch.cat([images, images, neg_image])
             txt_idx = torch.cat([pos_text, neg_text, pos_text])
-            fused = self._fuse(text_hidden[txt_idx], attention_mask[txt_idx], image_tokens[img_idx])
+            fused = fusion(text_hidden[txt_idx], attention_mask[txt_idx], image_tokens[img_idx])
             labels = torch.zeros(img_idx.numel(), dtype=torch.long, device=device)
             labels[: images.numel()] = 1
-            loss_itm = F.cross_entropy(self.itm_head(fused[:, 0]), labels)
+            loss_itm = F.cross_entropy(fusion.itm_head(fused[:, 0]), labels)
 
+        if (mlm_input_ids is None) != (mlm_labels is None):
+            raise ValueError("CMLM needs both mlm_input_ids and mlm_labels (or neither, for no CMLM)")
         loss_mlm = None
-        if self.config.mlm_weight > 0 and images.numel() >= 1:
-            if mlm_input_ids is not None:
-                if mlm_labels is None:
-                    raise ValueError("mlm_input_ids given without mlm_labels")
-                masked_ids, labels = mlm_input_ids[pos_text], mlm_labels[pos_text]
-            else:
-                masked_ids, labels = self._mask_tokens(input_ids[pos_text], attention_mask[pos_text])
+        if self.config.mlm_weight > 0 and mlm_input_ids is not None and images.numel() >= 1:
+            masked_ids, labels = mlm_input_ids[pos_text], mlm_labels[pos_text]
             mask = attention_mask[pos_text]
             hidden = self._run_text(masked_ids, mask).last_hidden_state
-            logits = self.mlm_head(self._fuse(hidden, mask, image_tokens[images]))
+            logits = fusion.mlm_head(fusion(hidden, mask, image_tokens[images]))
             n_masked = (labels != -100).sum().clamp(min=1)
             loss_mlm = (
                 F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
                 / n_masked
             )
         return loss_itm, loss_mlm
+
+    def weighted_loss(
+        self, loss_itc: torch.Tensor | None, loss_itm: torch.Tensor | None, loss_mlm: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """`itc_weight * L_itc + itm_weight * L_itm + mlm_weight * L_mlm` over the losses that are not None."""
+        parts = [
+            weight * part
+            for weight, part in (
+                (self.config.itc_weight, loss_itc),
+                (self.config.itm_weight, loss_itm),
+                (self.config.mlm_weight, loss_mlm),
+            )
+            if part is not None
+        ]
+        return None if not parts else sum(parts[1:], parts[0])
 
     def forward(
         self,
@@ -572,6 +503,7 @@ class CCRModel(PreTrainedModel):
         return_loss: bool | None = None,
         token_type_ids: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        compute_itc: bool = True,
     ) -> CCROutput:
         r"""Encode a batch of B images and T texts; with `return_loss=True` compute the training objectives.
 
@@ -580,13 +512,17 @@ class CCRModel(PreTrainedModel):
             pixel_values: (B, C, H, W) images.
             text_image_ids: (T,) long, index in [0, B) of each text's image. Default: text j describes image j
                 (then T must equal B).
-            mlm_input_ids, mlm_labels: (T, L) masked texts and labels (-100 = not masked) for CMLM; if absent and
-                CMLM is on, forward masks texts itself (needs `config.mask_token_id`).
-            return_loss: compute `loss = itc_weight * L_itc + itm_weight * L_itm + mlm_weight * L_mlm`. ITC is the
-                1-to-K loss over the batch of all processes when `config.gather_across_processes` (see
-                `gather_for_contrastive`); MITM/CMLM need `num_fusion_layers > 0` and stay local to the process.
+            mlm_input_ids, mlm_labels: (T, L) masked texts and labels (-100 = not masked). CMLM is computed only
+                from these: forward never masks by itself, and without them `loss_mlm` is None. The package's
+                `modeling_ccr.masking.add_mlm_inputs` makes them (CCRTrainer does, in its training step).
+            return_loss: compute `loss = itc_weight * L_itc + itm_weight * L_itm + mlm_weight * L_mlm`, like
+                `CLIPModel` on this process's batch: L_itc is the 1-to-K loss of the logits below; MITM/CMLM need
+                `num_fusion_layers > 0`. Training on several processes (the negatives of all of them) and the
+                baseline objectives are `CCRTrainer`'s job (`modeling_ccr.objectives`).
             token_type_ids: passed to the text tower when given.
             return_dict: accepted for API compatibility; a `CCROutput` is always returned.
+            compute_itc: with `return_loss`, False leaves L_itc out (`loss_itc` None, `loss` the MITM/CMLM part or
+                None) for a caller that computes the contrastive loss itself, as CCRTrainer does.
         """
         if input_ids is None or pixel_values is None:
             raise ValueError("CCRModel.forward needs both input_ids and pixel_values")
@@ -600,8 +536,7 @@ class CCRModel(PreTrainedModel):
         if self.training:  # keep the parameter itself inside the range (X-VLM style), not just its use
             with torch.no_grad():
                 self.tau.clamp_(self.config.tau_min, self.config.tau_max)
-        temperature = self.temperature
-        logits_per_image = image_embeds @ text_embeds.t() / temperature
+        logits_per_image = image_embeds @ text_embeds.t() / self.temperature
         logits_per_text = logits_per_image.t()
 
         loss = loss_itc = loss_itm = loss_mlm = None
@@ -612,32 +547,22 @@ class CCRModel(PreTrainedModel):
                     raise ValueError(f"text_image_ids is required when the numbers of images ({B}) and texts ({T}) differ")
                 text_image_ids = torch.arange(B, device=image_embeds.device)
             text_image_ids = text_image_ids.to(image_embeds.device)
-            if self.config.gather_across_processes and _distributed_world_size() > 1:
-                all_img, all_txt, all_ids = gather_for_contrastive(image_embeds, text_embeds, text_image_ids)
-                loss_itc = one_to_k_contrastive_loss(
-                    all_img, all_txt, all_ids, temperature, divide_by_k=self.config.itc_divide_by_k
-                )
-            else:
+            if compute_itc:
                 loss_itc = one_to_k_loss_from_logits(
                     logits_per_image, text_image_ids, divide_by_k=self.config.itc_divide_by_k
                 )
-            loss = self.config.itc_weight * loss_itc
-            if self.config.num_fusion_layers > 0 and (self.config.itm_weight > 0 or self.config.mlm_weight > 0):
-                loss_itm, loss_mlm = self._mitm_cmlm(
+            if self.fusion is not None and (self.config.itm_weight > 0 or self.config.mlm_weight > 0):
+                loss_itm, loss_mlm = self.fusion_losses(
                     image_embeds,
                     text_embeds,
                     text_image_ids,
-                    self._image_tokens_from_outputs(vision_outputs),
+                    self.fusion.image_tokens(vision_outputs.last_hidden_state),
                     text_outputs.last_hidden_state,
-                    input_ids,
                     attention_mask,
                     mlm_input_ids,
                     mlm_labels,
                 )
-                if loss_itm is not None:
-                    loss = loss + self.config.itm_weight * loss_itm
-                if loss_mlm is not None:
-                    loss = loss + self.config.mlm_weight * loss_mlm
+            loss = self.weighted_loss(loss_itc, loss_itm, loss_mlm)
 
         return CCROutput(
             loss=loss,
@@ -653,6 +578,18 @@ class CCRModel(PreTrainedModel):
         )
 
     # ---------------------------------------------------------------- composition / saving
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *args: Any, **kwargs: Any):
+        """`PreTrainedModel.from_pretrained`, also reading folders saved before the fusion encoder was one module.
+
+        Those hold `fusion_layers.*`, `image_token_projection.*`, ... instead of `fusion.layers.*`, ...; they are
+        renamed through from_pretrained's public `key_mapping` argument (extended, never replaced, when given).
+        transformers reverses a renaming it applied when the model is saved again, so such a model keeps the layout
+        it came in, which both layouts' code reads.
+        """
+        kwargs["key_mapping"] = {**_PRE_FUSION_MODULE_KEYS, **(kwargs.get("key_mapping") or {})}
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     @classmethod
     def from_vision_text_pretrained(
         cls,
@@ -740,4 +677,4 @@ def _load_tower(path: str, key: str, keep_pooler: bool, kwargs: dict[str, Any]) 
 
 CCRModel.register_for_auto_class("AutoModel")
 
-__all__ = ["CCRModel", "CCROutput", "gather_for_contrastive", "one_to_k_contrastive_loss", "one_to_k_loss_from_logits"]
+__all__ = ["CCRFusionEncoder", "CCRModel", "CCROutput", "one_to_k_contrastive_loss", "one_to_k_loss_from_logits"]

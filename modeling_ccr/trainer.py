@@ -1,8 +1,9 @@
 """``CCRTrainer``: a ``transformers.Trainer`` for CCR models, with the paper's objective and its baselines.
 
 What it adds to Trainer and nothing more:
-- the loss: 1-to-K ITC (+ MITM + CMLM through the model) or one of the baselines of
-  :mod:`modeling_ccr.objectives`, over the global batch when several processes train;
+- the loss (:func:`ccr_training_loss`): the contrastive objective named by ``--loss_type`` (1-to-K or a
+  baseline, :mod:`modeling_ccr.objectives`) computed once per step over the global batch (one all-gather), plus
+  MITM and CMLM from the model's forward;
 - evaluation as retrieval: Recall@1/5/10 per language and direction, mean recall, MRV_TR and MRV_IR,
   computed by :mod:`modeling_ccr.retrieval` from the embeddings Trainer's loop gathers;
 - resuming only from complete checkpoints (a checkpoint a killed process left half-written is skipped).
@@ -10,6 +11,7 @@ What it adds to Trainer and nothing more:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -22,9 +24,10 @@ import numpy as np
 import torch
 from transformers import EvalPrediction, Trainer, TrainingArguments
 
-from .collator import IGNORE_INDEX, CCRCollator, add_mlm_inputs, sample_captions
-from .modeling_ccr import gather_for_contrastive
-from .objectives import LOSS_TYPES, contrastive_objective
+from .collator import CCRCollator, sample_captions
+from .masking import IGNORE_INDEX, add_mlm_inputs
+from .modeling_ccr import CCROutput
+from .objectives import check_objective, contrastive_objective, objectives_help, pivot_language_id
 from .retrieval import compute_retrieval_ranks, flatten_metrics, retrieval_metrics
 
 logger = logging.getLogger(__name__)
@@ -38,12 +41,16 @@ class CCRTrainingArguments(TrainingArguments):
 
     loss_type: str = field(
         default="one_to_k",
-        metadata={"help": f"Contrastive objective: one of {', '.join(LOSS_TYPES)} (one_to_k is the paper's method)."},
+        metadata={"help": f"Contrastive objective. {objectives_help()}."},
     )
     itc_weight: float | None = field(default=None, metadata={"help": "Weight of the ITC loss (default: the model config's)."})
     itm_weight: float | None = field(default=None, metadata={"help": "Weight of the MITM loss (default: the model config's)."})
     mlm_weight: float | None = field(default=None, metadata={"help": "Weight of the CMLM loss (default: the model config's)."})
-    mlm_probability: float = field(default=0.15, metadata={"help": "Token masking rate for CMLM (models with fusion layers)."})
+    mlm_probability: float | None = field(
+        default=None,
+        metadata={"help": "Token masking rate for CMLM (models with fusion layers); 0 = no CMLM. Written to the model "
+                  "config (default: the model config's, 0.15)."},
+    )
     captions_per_language: int = field(
         default=1, metadata={"help": "Captions sampled per image and language at each training step."}
     )
@@ -56,11 +63,10 @@ class CCRTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"unknown loss_type {self.loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
+        check_objective(self.loss_type)
         if self.captions_per_language < 1:
             raise ValueError(f"captions_per_language must be >= 1, got {self.captions_per_language}")
-        if not 0.0 <= self.mlm_probability < 1.0:
+        if self.mlm_probability is not None and not 0.0 <= self.mlm_probability < 1.0:
             raise ValueError(f"mlm_probability must be in [0, 1), got {self.mlm_probability}")
         for name in ("itc_weight", "itm_weight", "mlm_weight"):
             value = getattr(self, name)
@@ -124,6 +130,35 @@ class RetrievalMetrics:
         return flatten_metrics(retrieval_metrics(ranks))
 
 
+def ccr_training_loss(
+    model: Any,
+    inputs: dict[str, torch.Tensor],
+    loss_type: str = "one_to_k",
+    pivot_language_id: int | None = None,
+    unwrapped: Any = None,
+) -> CCROutput:
+    """One training step's outputs, ``loss`` and ``loss_itc`` set: the work of each part done once.
+
+    The model's forward (``model``, possibly wrapped for DDP) encodes the batch and computes MITM / CMLM
+    (``compute_itc=False``); the contrastive objective ``loss_type`` is then computed once, over the embeddings of
+    every process (one all-gather, :func:`modeling_ccr.objectives.contrastive_objective`), and the three are
+    weighted by the model config. ``inputs`` are a collated batch (``text_image_ids``, ``text_language_ids``, and
+    ``mlm_input_ids`` / ``mlm_labels`` for CMLM); ``unwrapped`` is the bare ``CCRModel`` (default: ``model``).
+    """
+    unwrapped = model if unwrapped is None else unwrapped
+    inputs = dict(inputs)
+    language_ids = inputs.pop("text_language_ids")
+    outputs = model(**inputs, return_loss=True, compute_itc=False)
+    config = unwrapped.config
+    loss_itc = contrastive_objective(
+        loss_type, outputs.image_embeds, outputs.text_embeds, inputs["text_image_ids"].to(outputs.image_embeds.device),
+        language_ids, unwrapped.temperature, pivot_language_id, divide_by_k=config.itc_divide_by_k,
+        gather=config.gather_across_processes,
+    )
+    loss = unwrapped.weighted_loss(loss_itc, outputs.loss_itm, outputs.loss_mlm)
+    return dataclasses.replace(outputs, loss=loss, loss_itc=loss_itc)
+
+
 class CCRTrainer(Trainer):
     """Trainer for ``CCRModel`` on canonical CCR datasets (image + captions in several languages).
 
@@ -167,8 +202,7 @@ class CCRTrainer(Trainer):
         self.eval_data_collator = eval_data_collator
         if compute_metrics is None and eval_dataset is not None:
             compute_metrics = RetrievalMetrics(self.languages)
-        if args.loss_type == "pivot" and "en" not in self.languages:
-            raise ValueError(f"the pivot objective needs English ('en') captions; the data has {self.languages}")
+        check_objective(args.loss_type, self.languages)
         super().__init__(
             model=model,
             args=args,
@@ -185,7 +219,8 @@ class CCRTrainer(Trainer):
 
     @staticmethod
     def _apply_weights(model, args: CCRTrainingArguments) -> None:
-        for name in ("itc_weight", "itm_weight", "mlm_weight"):
+        """The objective's settings given as arguments go into the model config: what runs is what is saved."""
+        for name in ("itc_weight", "itm_weight", "mlm_weight", "mlm_probability"):
             value = getattr(args, name)
             if value is not None:
                 setattr(model.config, name, value)
@@ -195,38 +230,17 @@ class CCRTrainer(Trainer):
         """This step's random choices: captions per image and language, and CMLM masks (see collator.py)."""
         inputs = sample_captions(inputs, self.args.captions_per_language)
         config = self.accelerator.unwrap_model(self.model).config
-        if config.num_fusion_layers > 0 and config.mlm_weight > 0 and self.args.mlm_probability > 0:
+        if config.num_fusion_layers > 0 and config.mlm_weight > 0 and config.mlm_probability > 0:
             if self.processing_class is None:
                 raise ValueError("CMLM masking needs processing_class=<CCRProcessor> (for the tokenizer)")
-            inputs = add_mlm_inputs(inputs, self.processing_class.tokenizer, self.args.mlm_probability)
+            inputs = add_mlm_inputs(inputs, self.processing_class.tokenizer, config.mlm_probability)
         return inputs
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         inputs = self._draw_step_inputs(inputs)
-        language_ids = inputs.pop("text_language_ids")
-        outputs = model(**inputs, return_loss=True)
-        loss = outputs.loss
-        if self.args.loss_type != "one_to_k":
-            loss = self._baseline_loss(model, inputs, outputs, language_ids)
-        return (loss, outputs) if return_outputs else loss
-
-    def _baseline_loss(self, model, inputs, outputs, language_ids: torch.Tensor) -> torch.Tensor:
-        """Replace the 1-to-K ITC part of ``outputs.loss`` with the baseline's, over the global batch."""
-        config = self.accelerator.unwrap_model(model).config
-        temperature = self.accelerator.unwrap_model(model).temperature
-        image_embeds, text_embeds, text_image_ids, language_ids = gather_for_contrastive(
-            outputs.image_embeds, outputs.text_embeds, inputs["text_image_ids"], language_ids
-        )
-        pivot = self.languages.index("en") if "en" in self.languages else None
-        itc = contrastive_objective(
-            self.args.loss_type, image_embeds, text_embeds, text_image_ids, language_ids, temperature, pivot
-        )
-        loss = config.itc_weight * itc
-        for weight, part in ((config.itm_weight, outputs.loss_itm), (config.mlm_weight, outputs.loss_mlm)):
-            if part is not None:
-                loss = loss + weight * part
-        outputs.loss_itc = itc
-        return loss
+        pivot = pivot_language_id(self.languages)
+        outputs = ccr_training_loss(model, inputs, self.args.loss_type, pivot, self.accelerator.unwrap_model(model))
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def get_eval_dataloader(self, eval_dataset=None):
         """Evaluation batches keep every caption (``eval_data_collator``), unlike training batches."""

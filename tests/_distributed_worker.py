@@ -1,4 +1,5 @@
-"""One rank of the 2-process gather test (run by torchrun): loss and averaged gradients on half a batch.
+"""One rank of the 2-process gather test (run by torchrun): the training loss (CCRTrainer's, `ccr_training_loss`)
+and averaged gradients on half a batch.
 
 usage: torchrun --standalone --nproc_per_node 2 tests/_distributed_worker.py WORK_DIR
 WORK_DIR holds model.pt (state dict + config kwargs) and batch.pt written by the test; rank 0 writes result.pt.
@@ -14,6 +15,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from modeling_ccr import CCRConfig, CCRModel  # noqa: E402
+from modeling_ccr.trainer import ccr_training_loss  # noqa: E402
 
 
 def local_half(batch: dict, rank: int, world: int) -> dict:
@@ -23,7 +25,7 @@ def local_half(batch: dict, rank: int, world: int) -> dict:
     first, last = rank * per_rank, (rank + 1) * per_rank
     texts = (batch["text_image_ids"] >= first) & (batch["text_image_ids"] < last)
     half = {"pixel_values": batch["pixel_values"][first:last], "text_image_ids": batch["text_image_ids"][texts] - first}
-    for key in ("input_ids", "attention_mask", "mlm_input_ids", "mlm_labels"):
+    for key in ("input_ids", "attention_mask", "text_language_ids", "mlm_input_ids", "mlm_labels"):
         if key in batch:
             half[key] = batch[key][texts]
     return half
@@ -40,7 +42,7 @@ def main() -> None:
     model.train()
     batch = torch.load(work / "batch.pt")
     torch.manual_seed(1234)
-    outputs = model(**local_half(batch, rank, world), return_loss=True)
+    outputs = ccr_training_loss(model, local_half(batch, rank, world))
     outputs.loss.backward()
     grads = {}
     for name, parameter in model.named_parameters():

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _trainer_helpers import tiny_ccr_dataset, tiny_model, tiny_processor  # noqa: E402
+from conftest import tiny_ccr_dataset, tiny_model, tiny_processor  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformers import TrainerCallback, set_seed  # noqa: E402
 

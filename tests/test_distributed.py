@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo) on two halves of a batch optimise the same loss as one process on the whole batch."""
+"""Two CPU processes (gloo) on two halves of a batch, each computing CCRTrainer's training loss (one all-gather),
+optimise the same loss as the model's own forward on the whole batch in one process."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _trainer_helpers import tiny_ccr_dataset, tiny_model, tiny_processor
+from conftest import tiny_model
 
 from modeling_ccr.collator import CCRCollator
 
@@ -30,25 +31,18 @@ def _run_two_ranks(tmp_path: Path, model, batch: dict) -> dict:
 def _single_process(model, batch: dict) -> tuple[dict, dict]:
     model.zero_grad()
     torch.manual_seed(1234)
-    outputs = model(**batch, return_loss=True)
+    outputs = model(**{k: v for k, v in batch.items() if k != "text_language_ids"}, return_loss=True)
     outputs.loss.backward()
     grads = {name: p.grad.clone() if p.grad is not None else torch.zeros_like(p) for name, p in model.named_parameters()}
     return outputs, grads
 
 
-@pytest.fixture(scope="module")
-def data():
-    dataset = tiny_ccr_dataset()
-    return dataset, tiny_processor(dataset)
-
-
-def test_gathered_one_to_k_loss_and_gradients_equal_one_big_batch(tmp_path, data):
-    dataset, processor = data
+def test_gathered_one_to_k_loss_and_gradients_equal_one_big_batch(tmp_path, tiny_data):
+    dataset, processor = tiny_data
     model = tiny_model(processor, seed=0)
     model.train()
     torch.manual_seed(0)
     batch = CCRCollator(processor, ["de", "en", "fr"])([dataset[i] for i in range(8)])
-    batch.pop("text_language_ids")
     result = _run_two_ranks(tmp_path, model, batch)
     outputs, grads = _single_process(model, batch)
     for rank_losses in result["losses"]:
@@ -57,18 +51,17 @@ def test_gathered_one_to_k_loss_and_gradients_equal_one_big_batch(tmp_path, data
         torch.testing.assert_close(result["grads"][name], grad, atol=1e-5, rtol=1e-5, msg=name)
 
 
-def test_gathered_itc_plus_cmlm_equal_one_big_batch(tmp_path, data):
+def test_gathered_itc_plus_cmlm_equal_one_big_batch(tmp_path, tiny_data):
     """With fusion layers: ITC is global; CMLM is a per-process mean that equals the global one when each process
     masks as many tokens (here one caption per image, so the positive is fixed, and one masked token per caption).
     MITM samples its negatives inside each process (as ALBEF / X-VLM do), so it is left out (weight 0)."""
-    dataset, processor = data
+    dataset, processor = tiny_data
     model = tiny_model(processor, num_fusion_layers=1, seed=0, itm_weight=0.0)
     model.train()
     rows = [dict(dataset[i]) for i in range(8)]
     for row in rows:
         row["captions"] = [next(c for c in row["captions"] if c["language"] == "en")]
     batch = CCRCollator(processor, ["de", "en", "fr"])(rows)
-    batch.pop("text_language_ids")
     batch["mlm_input_ids"] = batch["input_ids"].clone()
     batch["mlm_input_ids"][:, 1] = processor.tokenizer.mask_token_id
     batch["mlm_labels"] = torch.full_like(batch["input_ids"], -100)

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, CLIPConfig, CLIPModel, ViTModel, XLMRobertaModel
-
-from modeling_ccr import CCRConfig, CCRModel, CCROutput, one_to_k_contrastive_loss
-from tests._core_helpers import (
+from conftest import (
     IMAGE_SIZE,
-    make_config,
     make_model,
     make_tokenizer,
     text_config,
     vision_config,
 )
+from transformers import AutoModel, CLIPConfig, CLIPModel, ViTModel, XLMRobertaModel
+
+from modeling_ccr import CCRModel, CCROutput, one_to_k_contrastive_loss
 
 TEXT_IMAGE_IDS = torch.tensor([0, 1, 1, 2, 2, 2, 3])  # unequal numbers of languages per image
 
@@ -122,22 +121,42 @@ def test_loss_weights():
     torch.testing.assert_close(a.loss_itc, b.loss_itc)
 
 
-def test_mlm_masks_itself_with_mask_token_id_and_explains_when_it_cannot():
+def test_cmlm_only_from_given_masked_texts():
+    """forward never masks by itself (the one masking rule is modeling_ccr.masking, run by the trainer): without
+    mlm_input_ids / mlm_labels there is no CMLM, and half of them is a clear error."""
     batch = make_batch()
-    del batch["mlm_input_ids"], batch["mlm_labels"]
     model = make_model(num_fusion_layers=1)
     torch.manual_seed(0)
-    out = model(**batch, return_loss=True)
-    assert out.loss_mlm is not None and torch.isfinite(out.loss_mlm)
-    model = make_model(num_fusion_layers=1, mask_token_id=None)
-    with pytest.raises(ValueError, match="mask_token_id"):
-        model(**batch, return_loss=True)
+    with_mlm = model(**batch, return_loss=True)
+    assert with_mlm.loss_mlm is not None and torch.isfinite(with_mlm.loss_mlm)
+    del batch["mlm_input_ids"], batch["mlm_labels"]
+    torch.manual_seed(0)
+    without = model(**batch, return_loss=True)
+    assert without.loss_mlm is None and without.loss_itm is not None
+    torch.testing.assert_close(without.loss, without.loss_itc + without.loss_itm)
+    with pytest.raises(ValueError, match="mlm_input_ids and mlm_labels"):
+        model(**batch, mlm_input_ids=make_batch()["mlm_input_ids"], return_loss=True)
+
+
+def test_compute_itc_false_leaves_the_contrastive_loss_to_the_caller():
+    model = make_model(num_fusion_layers=1, mlm_weight=0.5)
+    batch = make_batch()
+    torch.manual_seed(0)
+    full = model(**batch, return_loss=True)
+    torch.manual_seed(0)
+    fusion_only = model(**batch, return_loss=True, compute_itc=False)
+    assert fusion_only.loss_itc is None
+    torch.testing.assert_close(fusion_only.loss, full.loss_itm + 0.5 * full.loss_mlm)
+    torch.testing.assert_close(model.weighted_loss(full.loss_itc, full.loss_itm, full.loss_mlm), full.loss)
+    dual = make_model()
+    assert dual(**batch, return_loss=True, compute_itc=False).loss is None
 
 
 def test_dual_encoder_has_no_fusion_parts():
     model = make_model(num_fusion_layers=0)
     names = [name for name, _ in model.named_parameters()]
-    assert not any(n.startswith(("fusion_layers", "itm_head", "mlm_head")) for n in names)
+    assert model.fusion is None
+    assert not any(n.startswith(("fusion", "itm_head", "mlm_head", "image_token")) for n in names)
     batch = make_batch()
     with pytest.raises(ValueError, match="num_fusion_layers"):
         model.get_image_tokens(batch["pixel_values"])
@@ -146,6 +165,59 @@ def test_dual_encoder_has_no_fusion_parts():
     # no unused parameters: every parameter gets a gradient from the ITC loss (DDP-safe)
     model(**batch, return_loss=True).loss.backward()
     assert all(p.grad is not None for p in model.parameters()), [n for n, p in model.named_parameters() if p.grad is None]
+
+
+def test_fusion_encoder_and_heads_are_one_module():
+    model = make_model(num_fusion_layers=2)
+    fusion_names = {name.split(".")[1] for name, _ in model.named_parameters() if name.startswith("fusion.")}
+    assert fusion_names == {"image_token_projection", "image_token_norm", "layers", "itm_head", "mlm_head"}
+    assert len(model.fusion.layers) == 2
+    outside = [n for n, _ in model.named_parameters() if not n.startswith(("fusion.", "vision_model.", "text_model."))]
+    assert sorted(outside) == ["tau", "text_projection.weight", "visual_projection.weight"]
+
+
+def _renamed(old_key: str) -> str:
+    """Where a key of the old layout lives now (written out by hand, not with the model's mapping)."""
+    if old_key.startswith("fusion_layers."):
+        return "fusion.layers." + old_key[len("fusion_layers."):]
+    if old_key.startswith(("image_token_projection.", "image_token_norm.", "itm_head.", "mlm_head.")):
+        return "fusion." + old_key
+    return old_key
+
+
+def test_checkpoint_saved_before_the_fusion_module_loads_with_identical_outputs(tmp_path):
+    """tests/fixtures/ccr_v0_fusion was saved by the code of 46ebabd (keys fusion_layers.*, itm_head.*, ...)."""
+    from safetensors.torch import load_file
+
+    folder = Path(__file__).resolve().parent / "fixtures" / "ccr_v0_fusion"
+    old_keys = set(load_file(folder / "model.safetensors"))
+    assert "fusion_layers.0.self_attn.q_proj.weight" in old_keys and "itm_head.weight" in old_keys
+    model, info = CCRModel.from_pretrained(folder, output_loading_info=True)
+    model.eval()
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    fusion_keys = {_renamed(key) for key in old_keys if key.startswith(("fusion_", "image_token_", "itm_", "mlm_"))}
+    assert fusion_keys == {key for key in model.state_dict() if key.startswith("fusion.")}
+    expected = load_file(folder / "expected_outputs.safetensors")
+    with torch.no_grad():
+        out = model(input_ids=expected["input_ids"], attention_mask=expected["attention_mask"],
+                    pixel_values=expected["pixel_values"], text_image_ids=torch.arange(3),
+                    mlm_input_ids=expected["mlm_input_ids"], mlm_labels=expected["mlm_labels"], return_loss=True)
+        tokens = model.get_image_tokens(expected["pixel_values"])
+        itm = model.itm_scores(tokens, expected["input_ids"], expected["attention_mask"])
+    for name, value in [("image_embeds", out.image_embeds), ("text_embeds", out.text_embeds), ("image_tokens", tokens),
+                        ("itm_scores", itm), ("loss_itc", out.loss_itc), ("loss_mlm", out.loss_mlm)]:
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)
+    # what it saves loads again, through the Auto classes too
+    model.save_pretrained(tmp_path / "resaved")
+    again = AutoModel.from_pretrained(tmp_path / "resaved", trust_remote_code=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again.get_image_tokens(expected["pixel_values"]), expected["image_tokens"],
+                                   rtol=0, atol=0)
+    # a folder saved by today's code loads without any renaming
+    fresh = make_model(num_fusion_layers=1)
+    fresh.save_pretrained(tmp_path / "new")
+    assert "fusion.itm_head.weight" in load_file(tmp_path / "new" / "model.safetensors")
+    _assert_same_weights(fresh, CCRModel.from_pretrained(tmp_path / "new"))
 
 
 def test_fusion_model_uses_all_parameters():
@@ -211,26 +283,6 @@ def test_pooling_choices():
         )
 
 
-def test_config_validation_and_serialisation(tmp_path):
-    config = make_config(num_fusion_layers=2, itc_divide_by_k=True)
-    config.save_pretrained(tmp_path)
-    saved = json.loads((tmp_path / "config.json").read_text())
-    for generation_name in ("temperature", "top_k", "top_p"):
-        assert generation_name not in saved
-    assert saved["tau_init"] == 0.07 and saved["num_fusion_layers"] == 2 and saved["itc_divide_by_k"] is True
-    loaded = CCRConfig.from_pretrained(tmp_path)
-    assert loaded.vision_config.model_type == "vit" and loaded.text_config.model_type == "xlm-roberta"
-    assert loaded.text_config.hidden_size == 32
-    for bad in [{"tau_init": 0.9}, {"tau_min": 0.0}, {"num_fusion_layers": -1}, {"vision_pooling": "max"}]:
-        with pytest.raises(ValueError):
-            make_config(**bad)
-    with pytest.raises(TypeError, match="vision_config"):
-        CCRConfig(vision_config="vit")
-    # a composite CLIP config gives its vision tower
-    clip = CLIPConfig(vision_config=vision_config("clip").to_dict(), text_config={"vocab_size": 99})
-    assert CCRConfig.from_vision_text_configs(clip, text_config()).vision_config.model_type == "clip_vision_model"
-
-
 def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
     a_state, b_state = a.state_dict(), b.state_dict()
     shared = [k for k in a_state if k in b_state]
@@ -281,21 +333,3 @@ def test_compose_from_instances():
     model = CCRModel(vision_model=vit, text_model=xlmr)
     assert model.vision_model is vit and model.text_model is xlmr
     assert model.config.vision_config is vit.config
-
-
-def test_benchmark_quick_mode_reports_both_ratios(capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_model.py"
-    spec = importlib.util.spec_from_file_location("bench_model", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    threads = torch.get_num_threads()
-    try:
-        result = bench.main(["--quick", "--repeats", "1"])
-    finally:
-        torch.set_num_threads(threads)
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last == f"loss_ratio={result['loss_ratio']:.3f} train_step_ratio={result['train_step_ratio']:.3f}"
-    assert result["loss_ratio"] > 0 and result["train_step_ratio"] > 0

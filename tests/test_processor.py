@@ -8,9 +8,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import IMAGE_SIZE, make_processor
 from PIL import Image
-
-from tests._core_helpers import IMAGE_SIZE, make_processor
 
 
 @pytest.fixture(scope="module")

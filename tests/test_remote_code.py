@@ -9,10 +9,9 @@ import sys
 import textwrap
 
 import torch
+from conftest import caption_batch, make_model, make_processor
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoProcessor
-
-from tests._core_helpers import caption_batch, make_model, make_processor
 
 REMOTE_FILES = ("configuration_ccr.py", "modeling_ccr.py", "processing_ccr.py")
 

@@ -1,4 +1,5 @@
-"""CCRTrainer: collation, each objective trains, retrieval evaluation, resume after a kill."""
+"""CCRTrainer: each objective trains, one objective computed once per step, the CMLM rate that runs is the one
+saved, retrieval evaluation, resume after a kill."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from _trainer_helpers import tiny_ccr_dataset, tiny_model, tiny_processor
+from conftest import tiny_model
 from safetensors.torch import load_file
 
-from modeling_ccr.collator import CCRCollator, add_mlm_inputs, sample_captions
-from modeling_ccr.objectives import LOSS_TYPES, contrastive_objective
+from modeling_ccr.collator import CCRCollator
+from modeling_ccr.objectives import LOSS_TYPES
 from modeling_ccr.trainer import (
     CCRTrainer,
     CCRTrainingArguments,
@@ -26,12 +27,6 @@ from modeling_ccr.trainer import (
 
 TESTS = Path(__file__).resolve().parent
 LANGUAGES = ["de", "en", "fr"]
-
-
-@pytest.fixture(scope="module")
-def data():
-    dataset = tiny_ccr_dataset()
-    return dataset, tiny_processor(dataset)
 
 
 def _args(tmp_path, **overrides) -> CCRTrainingArguments:
@@ -44,54 +39,9 @@ def _args(tmp_path, **overrides) -> CCRTrainingArguments:
     return CCRTrainingArguments(**options)
 
 
-def test_training_batch_samples_one_caption_per_language(data):
-    dataset, processor = data
-    full = CCRCollator(processor, LANGUAGES)([dataset[i] for i in range(4)])
-    assert len(full["text_image_ids"]) == sum(len(dataset[i]["captions"]) for i in range(4))
-    torch.manual_seed(0)
-    batch = sample_captions(full, captions_per_language=1)
-    ids, languages = batch["text_image_ids"].tolist(), batch["text_language_ids"].tolist()
-    assert batch["pixel_values"].shape[0] == 4
-    assert len(ids) == batch["input_ids"].shape[0]
-    for image in range(4):
-        mine = [languages[j] for j in range(len(ids)) if ids[j] == image]
-        assert sorted(mine) == sorted(set(mine))  # at most one caption per language
-        expected = {LANGUAGES.index(c["language"]) for c in dataset[image]["captions"]}
-        assert set(mine) == expected  # images keep exactly the languages they have (image 1 has no fr)
-
-
-def test_evaluation_batch_keeps_every_caption_per_image(data):
-    dataset, processor = data
-    rows = [dataset[i] for i in range(3)]
-    batch = CCRCollator(processor, LANGUAGES, for_evaluation=True)(rows)
-    assert batch["input_ids"].shape[:2] == (3, 4)
-    counts = (batch["text_language_ids"] != -100).sum(1).tolist()
-    assert counts == [len(row["captions"]) for row in rows]
-
-
-def test_collator_rejects_bad_rows(data):
-    dataset, processor = data
-    row = dict(dataset[0])
-    with pytest.raises(ValueError, match="no caption"):
-        CCRCollator(processor, LANGUAGES)([{**row, "captions": []}])
-    with pytest.raises(ValueError, match="'xx'"):
-        CCRCollator(processor, LANGUAGES)([{**row, "captions": [{"language": "xx", "text": "hi"}]}])
-
-
-def test_mlm_labels_only_where_masked(data):
-    dataset, processor = data
-    torch.manual_seed(0)
-    batch = add_mlm_inputs(CCRCollator(processor, LANGUAGES)([dataset[i] for i in range(6)]), processor.tokenizer, 0.5)
-    changed = batch["mlm_input_ids"] != batch["input_ids"]
-    predicted = batch["mlm_labels"] != -100
-    assert predicted.any()
-    assert not (changed & ~predicted).any()
-    assert torch.equal(batch["mlm_labels"][predicted], batch["input_ids"][predicted])
-
-
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_each_objective_trains_with_falling_loss(tmp_path, data, loss_type):
-    dataset, processor = data
+def test_each_objective_trains_with_falling_loss(tmp_path, tiny_data, loss_type):
+    dataset, processor = tiny_data
     model = tiny_model(processor, seed=0)
     trainer = CCRTrainer(
         model=model, args=_args(tmp_path, loss_type=loss_type), train_dataset=dataset, processing_class=processor
@@ -102,28 +52,8 @@ def test_each_objective_trains_with_falling_loss(tmp_path, data, loss_type):
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
 
 
-def test_baselines_are_different_objectives(data):
-    torch.manual_seed(0)
-    image = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
-    text = torch.nn.functional.normalize(torch.randn(12, 8), dim=-1)
-    text_image_ids = torch.arange(4).repeat_interleave(3)
-    language_ids = torch.tensor([0, 1, 2] * 4)
-    tau = torch.tensor(0.07)
-    values = {
-        loss_type: contrastive_objective(loss_type, image, text, text_image_ids, language_ids, tau, pivot_language_id=1)
-        for loss_type in LOSS_TYPES
-    }
-    assert len({round(float(v), 5) for v in values.values()}) == len(LOSS_TYPES), values
-    with pytest.raises(ValueError, match="English"):
-        contrastive_objective("pivot", image, text, text_image_ids, language_ids, tau, pivot_language_id=None)
-    no_english_for_last = language_ids.clone()
-    no_english_for_last[10] = 0
-    with pytest.raises(ValueError, match="English caption for every image"):
-        contrastive_objective("pivot", image, text, text_image_ids, no_english_for_last, tau, pivot_language_id=1)
-
-
-def test_pivot_trainer_needs_english(tmp_path, data):
-    dataset, processor = data
+def test_pivot_trainer_needs_english(tmp_path, tiny_data):
+    dataset, processor = tiny_data
     with pytest.raises(ValueError, match="English"):
         CCRTrainer(
             model=tiny_model(processor), args=_args(tmp_path, loss_type="pivot"), train_dataset=dataset,
@@ -136,8 +66,8 @@ def test_unknown_loss_type_is_a_clear_error(tmp_path):
         _args(tmp_path, loss_type="bogus")
 
 
-def test_evaluate_reports_retrieval_metrics(tmp_path, data):
-    dataset, processor = data
+def test_evaluate_reports_retrieval_metrics(tmp_path, tiny_data):
+    dataset, processor = tiny_data
     trainer = CCRTrainer(
         model=tiny_model(processor, seed=0), args=_args(tmp_path, max_steps=30), train_dataset=dataset,
         eval_dataset=dataset, processing_class=processor,
@@ -188,14 +118,14 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     assert state["global_step"] == 8
 
 
-def test_final_evaluation_agrees_with_trainer_evaluation_on_transparent_images(tmp_path, data):
+def test_final_evaluation_agrees_with_trainer_evaluation_on_transparent_images(tmp_path, tiny_data):
     """evaluate_retrieval (train.py's final evaluation) and CCRTrainer.evaluate see the same images: RGBA images
     go through the processor (transparency onto white) in both — a bare convert('RGB') once made them differ."""
     from PIL import Image
 
     from modeling_ccr.retrieval import evaluate_retrieval, flatten_metrics
 
-    dataset, processor = data
+    dataset, processor = tiny_data
 
     def transparent(row):
         rgba = row["image"].convert("RGBA")
@@ -216,3 +146,65 @@ def test_final_evaluation_agrees_with_trainer_evaluation_on_transparent_images(t
     metrics, _ = evaluate_retrieval(model, processor, rgba_dataset, languages=LANGUAGES, progress=False)
     for key, value in flatten_metrics(metrics).items():
         assert from_trainer[f"eval_{key}"] == pytest.approx(value, abs=1e-6), key
+
+
+@pytest.mark.parametrize("loss_type, formula_calls", [("one_to_k", 1), ("one_to_one", 1), ("per_language", 3)])
+def test_one_objective_per_step_with_one_gather(tmp_path, tiny_data, monkeypatch, loss_type, formula_calls):
+    """A step computes the named objective once (not 1-to-K as well) through one dispatch and one gather."""
+    import modeling_ccr.modeling_ccr as modeling
+    import modeling_ccr.objectives as objectives
+
+    dataset, processor = tiny_data
+    calls = {"gather": 0, "formula": 0}
+    gather, formula = objectives.gather_for_contrastive, modeling.one_to_k_loss_from_logits
+
+    def counted_gather(*args, **kwargs):
+        calls["gather"] += 1
+        return gather(*args, **kwargs)
+
+    def counted_formula(*args, **kwargs):
+        calls["formula"] += 1
+        return formula(*args, **kwargs)
+
+    monkeypatch.setattr(objectives, "gather_for_contrastive", counted_gather)
+    monkeypatch.setattr(modeling, "one_to_k_loss_from_logits", counted_formula)
+    model = tiny_model(processor, num_fusion_layers=1)
+    trainer = CCRTrainer(model=model, args=_args(tmp_path, loss_type=loss_type), train_dataset=dataset,
+                         processing_class=processor)
+    batch = CCRCollator(processor, LANGUAGES)([dataset[i] for i in range(6)])
+    torch.manual_seed(0)
+    loss, outputs = trainer.compute_loss(model, batch, return_outputs=True)
+    assert calls == {"gather": 1, "formula": formula_calls}
+    assert outputs.loss_itm is not None and outputs.loss_mlm is not None
+    torch.testing.assert_close(loss, outputs.loss_itc + outputs.loss_itm + outputs.loss_mlm)
+
+
+def test_mlm_probability_that_runs_is_the_one_saved(tmp_path, tiny_data):
+    dataset, processor = tiny_data
+    model = tiny_model(processor, num_fusion_layers=1)
+    trainer = CCRTrainer(model=model, args=_args(tmp_path, mlm_probability=0.3), train_dataset=dataset,
+                         processing_class=processor)
+    assert model.config.mlm_probability == 0.3
+    batch = CCRCollator(processor, LANGUAGES)([dataset[i] for i in range(12)])
+    torch.manual_seed(0)
+    drawn = trainer._draw_step_inputs(batch)
+    assert (drawn["mlm_labels"] != -100).any()
+    model.save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["mlm_probability"] == 0.3
+    # without the argument the model config's rate stays
+    other = tiny_model(processor, num_fusion_layers=1, mlm_probability=0.2)
+    CCRTrainer(model=other, args=_args(tmp_path), train_dataset=dataset, processing_class=processor)
+    assert other.config.mlm_probability == 0.2
+
+
+def test_mlm_probability_zero_trains_without_cmlm(tmp_path, tiny_data):
+    dataset, processor = tiny_data
+    model = tiny_model(processor, num_fusion_layers=1)
+    trainer = CCRTrainer(model=model, args=_args(tmp_path, mlm_probability=0.0), train_dataset=dataset,
+                         processing_class=processor)
+    batch = CCRCollator(processor, LANGUAGES)([dataset[i] for i in range(6)])
+    torch.manual_seed(0)
+    loss, outputs = trainer.compute_loss(model, batch, return_outputs=True)
+    assert outputs.loss_mlm is None and outputs.loss_itm is not None
+    torch.testing.assert_close(loss, outputs.loss_itc + outputs.loss_itm)
+    assert model.config.mlm_probability == 0.0

@@ -1,0 +1,47 @@
+"""Smoke tests of benchmarks/ (quick mode): each script runs and reports its figures. No timing is asserted.
+
+Marked ``bench``: ``pytest -m "not bench"`` runs the unit tests alone, ``pytest -m bench`` these.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+pytestmark = pytest.mark.bench
+
+
+def test_bench_model_quick_mode_reports_both_ratios(capsys):
+    spec = importlib.util.spec_from_file_location("bench_model", BENCHMARKS / "bench_model.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        result = bench.main(["--quick", "--repeats", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"loss_ratio={result['loss_ratio']:.3f} train_step_ratio={result['train_step_ratio']:.3f}"
+    assert result["loss_ratio"] > 0 and result["train_step_ratio"] > 0
+
+
+def test_bench_train_quick_run_reports_steps_per_second_and_memory_for_both_sizes():
+    completed = subprocess.run([sys.executable, str(BENCHMARKS / "bench_train.py"), "--quick", "--threads", "1"],
+                               capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    lines = completed.stdout.strip().splitlines()
+    match = re.fullmatch(r"fusion0_steps_per_s=([\d.]+) fusion2_steps_per_s=([\d.]+) fusion2_vs_fusion0=([\d.]+)",
+                         lines[-1])
+    assert match, lines[-1]
+    assert all(float(value) > 0 for value in match.groups())
+    table = [line.split() for line in lines if line.strip()[:1] in {"0", "2"}]
+    assert [row[0] for row in table] == ["0", "2"]
+    assert float(table[1][1]) > float(table[0][1])  # the fusion layers add parameters
