@@ -200,7 +200,8 @@ def _rows_per_block(width: int, chunk_size: int | None, max_block_elements: int)
     return max(1, max_block_elements // max(1, width))
 
 
-def _progress(iterable, total: int, desc: str, enabled: bool):
+def progress_bar(iterable, total: int, desc: str, enabled: bool):
+    """``iterable`` with a tqdm bar when ``enabled``."""
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
@@ -300,7 +301,7 @@ def _ir_ranks_of_texts(
     ranks = np.empty(len(texts), dtype=np.int64)
     topk = np.full((len(texts), top_k), -1, dtype=np.int64) if top_k else None
     starts = range(0, len(texts), rows)
-    for start in _progress(starts, len(starts), "IR ranks", progress):
+    for start in progress_bar(starts, len(starts), "IR ranks", progress):
         block = texts[start : start + rows]
         contiguous = block[-1] - block[0] + 1 == len(block)  # a slice while the texts run contiguously (no copy)
         scores = text_block(slice(int(block[0]), int(block[-1]) + 1) if contiguous else block)
@@ -337,7 +338,7 @@ def _ranks_in_one_pass(
     ir_gold = _gold_before_blocks(image_block, index, num_images, image_rows, progress)
     block_gold = torch.empty_like(ir_gold)
     starts = range(0, num_images, image_rows)
-    for start in _progress(starts, len(starts), "TR and IR ranks", progress):
+    for start in progress_bar(starts, len(starts), "TR and IR ranks", progress):
         stop = min(start + image_rows, num_images)
         scores = image_block(start, stop)
         a, b = np.searchsorted(index.pair_images, [start, stop])
@@ -361,7 +362,7 @@ def _ranks_and_top_k(
     tr = np.empty((num_images, len(index.languages)))
     tr_topk = np.full((num_images, len(index.languages), top_k), -1, dtype=np.int64)
     starts = range(0, num_images, image_rows)
-    for start in _progress(starts, len(starts), "TR ranks", progress):
+    for start in progress_bar(starts, len(starts), "TR ranks", progress):
         stop = min(start + image_rows, num_images)
         scores = image_block(start, stop)
         tr[start:stop] = _tr_ranks_of_block(scores, start, stop, index)[0]
@@ -380,7 +381,7 @@ def _gold_before_blocks(
     captions of those images (a small fraction of the full matmul)."""
     gold = None
     starts = range(0, num_images, rows)
-    for start in _progress(starts, len(starts), "gold scores", progress):
+    for start in progress_bar(starts, len(starts), "gold scores", progress):
         stop = min(start + rows, num_images)
         a, b = np.searchsorted(index.pair_images, [start, stop])
         if a == b:
@@ -572,7 +573,7 @@ def _rerank(
     found = np.zeros(len(queries), dtype=bool)
     new = np.zeros(len(queries), dtype=np.int64)
     batches = range(0, len(queries), queries_per_batch)
-    for start in _progress(batches, len(batches), desc, progress):
+    for start in progress_bar(batches, len(batches), desc, progress):
         cand, images, texts, is_gold = candidates(queries[start : start + queries_per_batch])
         valid = cand >= 0
         is_gold = is_gold & valid

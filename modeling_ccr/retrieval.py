@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .dataset_schema import captions_in, check_ccr_dataset
 from .ranking import (
     DEFAULT_BLOCK_ELEMENTS,
     RetrievalRanks,
-    _progress,
     compute_retrieval_ranks,
+    progress_bar,
     rank_from_counts,
     ranks_from_scores,
     rerank_ranks,
@@ -67,13 +68,11 @@ def _to_device(batch: Any, device: torch.device) -> dict[str, Any]:
 
 def _flatten_captions(dataset: Any, languages: Sequence[str] | None) -> tuple[list[str], list[int], list[str]]:
     texts, image_ids, text_languages = [], [], []
-    wanted = None if languages is None else set(languages)
     for row, captions in enumerate(dataset.select_columns(["captions"])["captions"]):
-        for caption in captions:
-            if wanted is None or caption["language"] in wanted:
-                texts.append(caption["text"])
-                image_ids.append(row)
-                text_languages.append(caption["language"])
+        for caption in captions_in(captions, languages):
+            texts.append(caption["text"])
+            image_ids.append(row)
+            text_languages.append(caption["language"])
     return texts, image_ids, text_languages
 
 
@@ -95,8 +94,6 @@ def evaluate_retrieval(
     top-k), which needs a model with fusion layers (``get_image_tokens`` / ``itm_scores``); image tokens
     are kept for all images during re-ranking. Returns ``(retrieval_metrics(...), ranks)``.
     """
-    from .dataset_schema import check_ccr_dataset
-
     check_ccr_dataset(dataset)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -115,7 +112,7 @@ def evaluate_retrieval(
         with torch.no_grad():
             image_chunks, token_chunks = [], []
             starts = range(0, len(dataset), batch_size)
-            for start in _progress(starts, len(starts), "encoding images", progress):
+            for start in progress_bar(starts, len(starts), "encoding images", progress):
                 # The processor converts every image mode itself (RGBA composited as in training); a bare
                 # convert("RGB") here would turn transparent backgrounds black and evaluate other images.
                 images = images_only[start : start + batch_size]["image"]
@@ -125,7 +122,7 @@ def evaluate_retrieval(
                     token_chunks.append(model.get_image_tokens(pixel_values=pixel_values).cpu())
             text_chunks = []
             starts = range(0, len(texts), batch_size)
-            for start in _progress(starts, len(starts), "encoding texts", progress):
+            for start in progress_bar(starts, len(starts), "encoding texts", progress):
                 encoded = _to_device(processor(text=texts[start : start + batch_size]), device)
                 output = model.get_text_features(input_ids=encoded["input_ids"], attention_mask=encoded.get("attention_mask"))
                 text_chunks.append(_features(output, "text").float().cpu())
