@@ -24,11 +24,12 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling_ccr.objectives import LOSS_TYPES as OBJECTIVES  # noqa: E402
+from modeling_ccr.results import RetrievalResults, render_table  # noqa: E402
 
 TRAIN = Path(__file__).resolve().with_name("train.py")
 
 
-def run(objective: str, seed: int, output: Path, epochs: float, extra: list[str]) -> dict:
+def run(objective: str, seed: int, output: Path, epochs: float, extra: list[str]) -> RetrievalResults:
     folder = output / f"{objective}-seed{seed}"
     results = folder / "model" / "eval_results.json"
     if not results.exists():
@@ -40,31 +41,30 @@ def run(objective: str, seed: int, output: Path, epochs: float, extra: list[str]
         completed = subprocess.run(command, capture_output=True, text=True)
         if completed.returncode != 0:
             raise SystemExit(f"run {objective} seed {seed} failed:\n{completed.stderr[-3000:]}")
-    return json.loads(results.read_text())
+    return RetrievalResults.from_json(results)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
-def summarise(results: dict[str, list[dict]]) -> tuple[str, dict]:
-    languages = next(iter(results.values()))[0]["languages"]
+def summarise(results: dict[str, list[RetrievalResults]]) -> tuple[str, dict]:
+    first = next(iter(results.values()))[0]
     summary: dict[str, dict[str, tuple[float, float]]] = {}
     for objective, runs in results.items():
         row = {}
         for direction in ("TR", "IR"):
-            for language in languages:
-                row[f"{direction} R@1 {language}"] = mean_std([r["recall"][direction][language]["R@1"] for r in runs])
-        row["mean recall"] = mean_std([r["mean_recall"] for r in runs])
-        row["MRV_TR"] = mean_std([r["mrv"]["TR"] for r in runs])
-        row["MRV_IR"] = mean_std([r["mrv"]["IR"] for r in runs])
+            for language in first.languages:
+                row[f"{direction} R@1 {language}"] = mean_std([r.recall[direction][language]["R@1"] for r in runs])
+        row["mean recall"] = mean_std([r.mean_recall for r in runs])
+        row["MRV_TR"] = mean_std([r.mrv["TR"] for r in runs])
+        row["MRV_IR"] = mean_std([r.mrv["IR"] for r in runs])
         summary[objective] = row
-    chance = next(iter(results.values()))[0].get("chance", {})
     columns = list(next(iter(summary.values())))
-    lines = ["| objective | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for objective, row in summary.items():
-        lines.append(f"| {objective} | " + " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in row.values()) + " |")
-    if chance:
+    rows = [[objective] + [f"{m:.1f} ± {s:.1f}" for m, s in row.values()] for objective, row in summary.items()]
+    lines = [render_table(["objective", *columns], rows, markdown=True)]
+    if first.chance:
+        chance = first.chance
         lines.append(
             "\nChance level: R@1 TR "
             + f"{chance['TR']['R@1']:.2f}%, IR {chance['IR']['R@1']:.2f}%; mean recall by chance "
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="-- then options passed to train.py")
     args = parser.parse_args()
     extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
-    results: dict[str, list[dict]] = {objective: [] for objective in args.objectives}
+    results: dict[str, list[RetrievalResults]] = {objective: [] for objective in args.objectives}
     jobs = [(objective, seed) for seed in args.seeds for objective in args.objectives]
     for objective, seed in tqdm(jobs, desc="runs"):
         results[objective].append(run(objective, seed, args.output, args.num_train_epochs, extra))

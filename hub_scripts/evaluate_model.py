@@ -14,7 +14,6 @@ the dataset with progress bars, prints a table and writes ``eval_results.json`` 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from modeling_ccr.results import RetrievalResults  # noqa: E402
+from modeling_ccr.results import dataset_name as results_dataset_name  # noqa: E402
 from modeling_ccr.retrieval import evaluate_retrieval  # noqa: E402
-from modeling_ccr.retrieval_report import format_table, save_report_plot  # noqa: E402
+from modeling_ccr.retrieval_report import save_report_plot  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -82,16 +83,16 @@ def run_evaluation(
         model, processor, dataset, batch_size=batch_size, languages=languages,
         rerank_top_k=rerank_top_k, progress=progress, mrv_variant=mrv_variant,
     )
-    results = {**metrics, "dataset": dataset_name, "split": split, "model": model_name, "rerank_top_k": rerank_top_k}
+    results = RetrievalResults.from_json(metrics)
+    results.dataset, results.split, results.model, results.rerank_top_k = dataset_name, split, model_name, rerank_top_k
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    json_path = output_dir / "eval_results.json"
-    json_path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    json_path = results.save(output_dir / "eval_results.json")
     png_path = save_report_plot(metrics, ranks, output_dir / "eval_report.png", title=f"{model_name} on {dataset_name} ({split})")
     print(f"\n{model_name} on {dataset_name} ({split})" + (f", ITM re-ranking of the top {rerank_top_k}" if rerank_top_k else ""))
-    print(format_table(metrics))
+    print(results.summary_text())
     print(f"\nwrote {json_path} and {png_path}")
-    return results
+    return results.to_json()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = args.output_dir or (local / "eval" if local.is_dir() else Path("eval"))
     run_evaluation(
         model, processor, dataset, output_dir,
-        dataset_name=args.dataset, split=args.split, model_name=args.model_dir, batch_size=args.batch_size,
+        dataset_name=results_dataset_name(args.dataset), split=args.split, model_name=args.model_dir, batch_size=args.batch_size,
         languages=args.languages, rerank_top_k=args.rerank_top_k, mrv_variant=args.mrv_variant,
         progress=not args.no_progress,
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modeling_ccr.publishing import PublishError, PushResult, push_metric, push_model  # noqa: E402
+from modeling_ccr.hub_upload import PublishError, PushResult, push_metric, push_model  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -14,7 +14,6 @@ Output (``--output_dir``, default ``outputs/emoji-ccr``):
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -30,12 +29,11 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy, Scheduler
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from modeling_ccr import CCRConfig, CCRModel, CCRProcessor  # noqa: E402
-from modeling_ccr.dataset_schema import check_ccr_dataset, dataset_languages  # noqa: E402
+from modeling_ccr.dataset_schema import check_ccr_dataset, dataset_languages, filter_languages  # noqa: E402
 from modeling_ccr.objectives import check_objective  # noqa: E402
 from modeling_ccr.presets import resolve_tower, text_presets, vision_presets  # noqa: E402
+from modeling_ccr.results import RetrievalResults, dataset_name  # noqa: E402
 from modeling_ccr.trainer import CCRTrainer, CCRTrainingArguments, last_complete_checkpoint  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -134,10 +132,10 @@ def load_splits(data_args: DataArguments) -> dict[str, object]:
             if name
         }
     if data_args.languages:
-        keep = {language.strip() for language in data_args.languages.split(",") if language.strip()}
+        keep = [language.strip() for language in data_args.languages.split(",") if language.strip()]
+        # Every requested language must be in the training split; the others may lack some.
         splits = {
-            name: split.map(lambda row: {"captions": [c for c in row["captions"] if c["language"] in keep]})
-            .filter(lambda row: len(row["captions"]) > 0)
+            name: filter_languages(split, keep, name=f"split {name!r}", strict=name == data_args.train_split)
             for name, split in splits.items()
         }
     limits = {data_args.train_split: data_args.max_train_samples, data_args.eval_split: data_args.max_eval_samples}
@@ -193,15 +191,17 @@ def demo_queries(model, processor) -> dict[str, int]:
             for start in range(0, len(gallery), 256)
         ])
         texts = model.get_text_features(**processor(text=list(DEMO_QUERIES)))
-    scores = torch.nn.functional.normalize(texts, dim=-1) @ torch.nn.functional.normalize(images, dim=-1).T
+    from modeling_ccr.ranking import compute_retrieval_ranks
+
     gold = gallery["image_id"].index(DEMO_IMAGE_ID)
-    ranks = {query: int((scores[i] > scores[i, gold]).sum()) + 1 for i, query in enumerate(DEMO_QUERIES)}
-    return {"gallery_size": len(gallery), **ranks}
+    # Each query is a caption of the apple: its IR rank is the apple's rank among all images.
+    ranks = compute_retrieval_ranks(images, texts, [gold] * len(DEMO_QUERIES), list(DEMO_QUERIES)).ir_ranks
+    return {"gallery_size": len(gallery), **{query: int(rank) for query, rank in zip(DEMO_QUERIES, ranks)}}
 
 
-def write_model_folder(model, processor, metrics: dict, ranks, destination: Path) -> None:
+def write_model_folder(model, processor, results: RetrievalResults, ranks, destination: Path) -> None:
     """Write the Hub-ready folder to a temporary sibling, then move it into place: never half-written."""
-    from modeling_ccr.publishing import render_model_card
+    from modeling_ccr.model_card import render_model_card
     from modeling_ccr.retrieval_report import save_report_plot
 
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -209,11 +209,9 @@ def write_model_folder(model, processor, metrics: dict, ranks, destination: Path
     try:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        (staging / "eval_results.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-        save_report_plot(metrics, ranks, staging / "report.png")
-        render_model_card(staging, template=REPO_ROOT / "MODEL_CARD.md", model_name=destination.parent.name).save(
-            staging / "README.md"
-        )
+        results.save(staging / "eval_results.json")
+        save_report_plot(results.to_json(), ranks, staging / "report.png")
+        render_model_card(staging, model_name=destination.parent.name).save(staging / "README.md")
         if destination.exists():
             shutil.rmtree(destination)
         os.replace(staging, destination)
@@ -275,33 +273,31 @@ def run(prepared: PreparedRun) -> dict:
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
     from modeling_ccr.retrieval import evaluate_retrieval
-    from modeling_ccr.retrieval_report import format_table
 
     model.eval()
     metrics, ranks = evaluate_retrieval(
         model, processor, prepared.splits[data_args.test_split], batch_size=training_args.per_device_eval_batch_size,
         languages=prepared.languages, rerank_top_k=data_args.rerank_top_k,
     )
-    metrics = {
-        "model": "CCR-1toK " + ("dual encoder" if model_args.num_fusion_layers == 0 else "with fusion layers"),
-        "dataset": "EmojiCCR" if data_args.dataset == "emoji" else data_args.dataset,
-        "split": data_args.test_split,
-        "loss_type": training_args.loss_type,
-        "seed": training_args.seed,
-        **metrics,
-    }
+    results = RetrievalResults.from_json(metrics)
+    results.model = "CCR-1toK " + ("dual encoder" if model_args.num_fusion_layers == 0 else "with fusion layers")
+    results.dataset = dataset_name(data_args.dataset)
+    results.split = data_args.test_split
+    results.rerank_top_k = data_args.rerank_top_k
+    results.loss_type = training_args.loss_type
+    results.seed = training_args.seed
     if data_args.dataset == "emoji":
-        metrics["demo_red_apple_rank"] = demo_queries(model, processor)
+        results.extra["demo_red_apple_rank"] = demo_queries(model, processor)
     if trainer.is_world_process_zero():
-        write_model_folder(model, processor, metrics, ranks, prepared.run_dir / "model")
-        print(format_table(metrics))
-        if "demo_red_apple_rank" in metrics:
-            demo = dict(metrics["demo_red_apple_rank"])
+        write_model_folder(model, processor, results, ranks, prepared.run_dir / "model")
+        print(results.summary_text())
+        if "demo_red_apple_rank" in results.extra:
+            demo = dict(results.extra["demo_red_apple_rank"])
             size = demo.pop("gallery_size")
             print(f"\nrank of the red apple emoji among all {size} EmojiCCR images: "
                   + ", ".join(f"{query!r} {rank}" for query, rank in demo.items()))
         print(f"\nHub-ready model folder: {prepared.run_dir / 'model'}")
-    return metrics
+    return results.to_json()
 
 
 def main(argv: list[str] | None = None) -> dict:

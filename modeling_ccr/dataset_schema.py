@@ -6,6 +6,8 @@ One row per image: ``image`` (a ``datasets.Image``), ``image_id`` (string) and `
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 from datasets import Dataset, Features, Image, List, Value
 
 CCR_FEATURES = Features(
@@ -30,3 +32,38 @@ def check_ccr_dataset(dataset: Dataset, name: str = "dataset") -> None:
 def dataset_languages(dataset: Dataset) -> list[str]:
     """Sorted list of the languages that occur in ``dataset``'s captions."""
     return sorted({caption["language"] for captions in dataset["captions"] for caption in captions})
+
+
+def select_languages(available: Iterable[str], languages: Sequence[str] | None, what: str) -> list[str]:
+    """The languages to keep: all of ``available`` (sorted) when ``languages`` is None, else ``languages``,
+    each of which must be available (a ValueError names the unknown ones)."""
+    available = sorted(set(available))
+    if not available:
+        raise ValueError(f"no language found in {what}")
+    if languages is None:
+        return available
+    unknown = [lang for lang in languages if lang not in available]
+    if unknown:
+        raise ValueError(f"unknown language(s) {unknown} for {what}; available: {available}")
+    return list(languages)
+
+
+def captions_in(captions: Iterable[dict], languages: Iterable[str] | None) -> list[dict]:
+    """The captions whose language is in ``languages`` (all when None): the one language filter."""
+    wanted = None if languages is None else set(languages)
+    return [caption for caption in captions if wanted is None or caption["language"] in wanted]
+
+
+def filter_languages(dataset: Dataset, languages: Sequence[str] | None, name: str = "dataset",
+                     strict: bool = True) -> Dataset:
+    """``dataset`` with only the captions in ``languages`` and only the images that keep one. ``strict``:
+    every requested language must occur (else a ValueError names it); otherwise absent ones are ignored."""
+    if languages is None:
+        return dataset
+    if strict:
+        languages = select_languages(dataset_languages(dataset), languages, name)
+    kept = dataset.map(lambda row: {"captions": captions_in(row["captions"], languages)})
+    kept = kept.filter(lambda row: len(row["captions"]) > 0)
+    if len(kept) == 0:
+        raise ValueError(f"{name} holds no image with a caption in {sorted(languages)}")
+    return kept

@@ -14,8 +14,9 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict, Features, Value, load_dataset
 
 from .dataset_schema import CCR_FEATURES
+from .shipped_files import shipped_path
 
-EMOJI_CCR_DIR = Path(__file__).resolve().parents[1] / "data" / "emoji_ccr"
+EMOJI_CCR_DIR = shipped_path("data/emoji_ccr")
 EMOJI_CCR_SPLITS = ("train", "validation", "test")
 EMOJI_CCR_LANGUAGES = ("en", "de", "fr", "cs", "zh", "ja")
 EMOJI_CCR_FEATURES = Features(
@@ -32,7 +33,8 @@ def load_emoji_ccr(split: str | None = None, data_dir: str | Path | None = None)
     """EmojiCCR as a ``Dataset`` for one split, or a ``DatasetDict`` of all three when ``split`` is None.
 
     Columns: ``image``, ``image_id``, ``captions`` (the canonical CCR form) plus ``emoji``, ``category``
-    and ``subcategory``. ``data_dir`` defaults to the repository's ``data/emoji_ccr``.
+    and ``subcategory``. ``data_dir`` defaults to the shipped ``data/emoji_ccr`` (in the installed package,
+    or at the top of a source checkout).
     """
     if split is not None and split not in EMOJI_CCR_SPLITS:
         raise ValueError(f"unknown EmojiCCR split {split!r}; expected one of {EMOJI_CCR_SPLITS} or None")

@@ -19,14 +19,16 @@ import csv
 import gzip
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 from datasets import Dataset
 
-from .dataset_schema import CCR_FEATURES
+from .dataset_schema import CCR_FEATURES, captions_in, filter_languages
+from .dataset_schema import select_languages as _select_languages
 
 _LANGUAGE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
@@ -51,18 +53,6 @@ def _check_language(language: Any, where: str) -> str:
     if not isinstance(language, str) or not _LANGUAGE.match(language):
         raise ValueError(f"{where}: unknown language code {language!r} (expected an ISO code such as 'en' or 'zh-TW')")
     return language
-
-
-def _select_languages(available: Iterable[str], languages: Sequence[str] | None, what: str) -> list[str]:
-    available = sorted(set(available))
-    if not available:
-        raise ValueError(f"no language found in {what}")
-    if languages is None:
-        return available
-    unknown = [lang for lang in languages if lang not in available]
-    if unknown:
-        raise ValueError(f"unknown language(s) {unknown} for {what}; available: {available}")
-    return list(languages)
 
 
 def _image_file(root: Path, relative: str, where: str) -> str:
@@ -118,10 +108,9 @@ class _Instances:
         row["captions"].extend(captions)
 
     def to_dataset(self, languages: Sequence[str] | None, what: str) -> Dataset:
-        wanted = None if languages is None else set(languages)
         columns: dict[str, list] = {"image": [], "image_id": [], "captions": []}
         for row in self._rows.values():
-            captions = [c for c in row["captions"] if wanted is None or c["language"] in wanted]
+            captions = captions_in(row["captions"], languages)
             if not captions:
                 continue
             image = row["image"]
@@ -129,7 +118,7 @@ class _Instances:
             columns["image_id"].append(row["image_id"])
             columns["captions"].append(captions)
         if not columns["image_id"]:
-            raise ValueError(f"{what} holds no image with a caption in {sorted(wanted) if wanted else 'any language'}")
+            raise ValueError(f"{what} holds no image with a caption in {sorted(languages) if languages else 'any language'}")
         return Dataset.from_dict(columns, features=CCR_FEATURES)
 
 
@@ -155,7 +144,7 @@ def load_xflickrco(
     rows ``{"sentences": [...], "id": ..., "img_path": ...}``; images under ``image_root``. Rows with the same
     ``id`` in several languages become one instance."""
     root = Path(root)
-    annotations = root / "annotations" if (root / "annotations").is_dir() else root
+    annotations = _annotations(root)
     files = {d.name: d / f"{split}.jsonl" for d in annotations.iterdir() if d.is_dir() and (d / f"{split}.jsonl").is_file()}
     what = f"xFlickr&CO split {split!r} in {annotations}"
     selected = _select_languages(files, languages, what)
@@ -203,7 +192,7 @@ def load_wit(
     name (or ``<image_idx>.<ext>`` / ``<wit_ix>.<ext>``). Rows with an empty caption are skipped (as the
     reference code does); rows sharing an image URL become one instance."""
     root = Path(root)
-    annotations = root / "annotations" if (root / "annotations").is_dir() else root
+    annotations = _annotations(root)
     files = {p.stem[len(split) + 1 :]: p for p in sorted(annotations.glob(f"{split}_*.jsonl"))}
     what = f"WIT split {split!r} in {annotations}"
     selected = _select_languages(files, languages, what)
@@ -422,12 +411,7 @@ def load_parquet(path: str | Path, split: str | None = None, languages: Sequence
     dataset = Dataset.from_parquet(str(path))
     check_ccr_dataset(dataset, str(path))
     dataset = dataset.cast(CCR_FEATURES) if dataset.features != CCR_FEATURES else dataset
-    if languages is not None:
-        present = {c["language"] for caps in dataset["captions"] for c in caps}
-        wanted = _select_languages(present, languages, str(path))
-        dataset = dataset.map(lambda row: {"captions": [c for c in row["captions"] if c["language"] in wanted]})
-        dataset = dataset.filter(lambda row: len(row["captions"]) > 0)
-    return dataset
+    return filter_languages(dataset, languages, str(path))
 
 
 # --------------------------------------------------------------------------------------------- detection
@@ -439,47 +423,87 @@ def _first_json_row(path: Path) -> dict:
     return {}
 
 
-def detect_format(path: str | Path) -> str:
-    """Name of the format ``path`` holds: xflickrco, wit, multi30k, coco, csv, jsonl, imagefolder, parquet.
+def _is_multi30k(path: Path) -> bool:
+    return path.is_dir() and (
+        (path / "data" / "task1" / "raw").is_dir() or ((path / "raw").is_dir() and (path / "image_splits").is_dir())
+    )
 
-    Raises ``ValueError`` ("unknown format") otherwise."""
+
+def _annotations(path: Path) -> Path:
+    return path / "annotations" if (path / "annotations").is_dir() else path
+
+
+def _is_xflickrco(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    for sub in sorted(p for p in _annotations(path).iterdir() if p.is_dir()):
+        jsonl = sorted(sub.glob("*.jsonl"))
+        if jsonl and "sentences" in _first_json_row(jsonl[0]):
+            return True
+    return False
+
+
+def _is_wit(path: Path) -> bool:
+    candidates = [path] if path.is_file() and path.suffix.lower() == ".jsonl" else (
+        sorted(_annotations(path).glob("*_*.jsonl")) if path.is_dir() else [])
+    return any("caption_reference_description" in _first_json_row(file) for file in candidates)
+
+
+def _load_wit(path: Path, split: str | None, languages: Sequence[str] | None, image_root: Any) -> Dataset:
+    if path.is_file():  # <split>_<lang>.jsonl
+        split_name, _, lang = path.stem.rpartition("_")
+        return load_wit(path.parent, split_name, [lang] if languages is None else languages, image_root)
+    return load_wit(path, split or "test", languages, image_root)
+
+
+@dataclass(frozen=True)
+class _Format:
+    """One supported format: how to recognise it at a path and how to load it (one entry per format)."""
+
+    name: str
+    description: str
+    detects: Callable[[Path], bool]
+    load: Callable[[Path, str | None, Sequence[str] | None, Any], Dataset]
+
+
+def _file_with(suffix: str) -> Callable[[Path], bool]:
+    return lambda path: path.is_file() and path.suffix.lower() == suffix
+
+
+FORMATS: tuple[_Format, ...] = (  # tried in this order; the first that recognises the path loads it
+    _Format("multi30k", "Multi30K (data/task1)", _is_multi30k,
+            lambda p, split, langs, root: load_multi30k(p, split or "test_2016_flickr", langs, root)),
+    _Format("xflickrco", "an IGLUE xFlickr&CO folder", _is_xflickrco,
+            lambda p, split, langs, root: load_xflickrco(p, split or "test", langs, root)),
+    _Format("wit", "an IGLUE WIT folder or <split>_<lang>.jsonl", _is_wit, _load_wit),
+    _Format("coco", "COCO-style <lang>.<split>.json files",
+            lambda p: _file_with(".json")(p) or (p.is_dir() and any(p.glob("*.*.json"))),
+            lambda p, split, langs, root: load_coco_json(p, split or "test", langs, root)),
+    _Format("imagefolder", "an image folder with metadata.csv/jsonl",
+            lambda p: p.is_dir() and ((p / "metadata.csv").is_file() or (p / "metadata.jsonl").is_file()),
+            lambda p, split, langs, root: load_image_folder(p, langs, root)),
+    _Format("csv", "a .csv file", _file_with(".csv"), lambda p, split, langs, root: load_csv(p, langs, root)),
+    _Format("jsonl", "a .jsonl file", _file_with(".jsonl"), lambda p, split, langs, root: load_jsonl(p, langs, root)),
+    _Format("parquet", "Parquet (a file, or a folder of <split>.parquet)",
+            lambda p: _file_with(".parquet")(p) or (p.is_dir() and any(p.glob("*.parquet"))),
+            lambda p, split, langs, root: load_parquet(p, split, langs)),
+)
+
+
+def _format_of(path: str | Path) -> _Format:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
-    if path.is_file():
-        suffix = path.suffix.lower()
-        if suffix == ".parquet":
-            return "parquet"
-        if suffix == ".csv":
-            return "csv"
-        if suffix == ".json":
-            return "coco"
-        if suffix == ".jsonl":
-            row = _first_json_row(path)
-            if "caption_reference_description" in row:
-                return "wit"
-            return "jsonl"
-        raise ValueError(f"{path}: unknown format (expected .parquet, .csv, .json, .jsonl or a dataset folder)")
-    annotations = path / "annotations" if (path / "annotations").is_dir() else path
-    if (path / "data" / "task1" / "raw").is_dir() or ((path / "raw").is_dir() and (path / "image_splits").is_dir()):
-        return "multi30k"
-    for sub in sorted(p for p in annotations.iterdir() if p.is_dir()):
-        jsonl = sorted(sub.glob("*.jsonl"))
-        if jsonl and "sentences" in _first_json_row(jsonl[0]):
-            return "xflickrco"
-    for file in sorted(annotations.glob("*_*.jsonl")):
-        if "caption_reference_description" in _first_json_row(file):
-            return "wit"
-    if any(path.glob("*.*.json")):
-        return "coco"
-    if (path / "metadata.csv").is_file() or (path / "metadata.jsonl").is_file():
-        return "imagefolder"
-    if any(path.glob("*.parquet")):
-        return "parquet"
-    raise ValueError(
-        f"{path}: unknown format; expected an IGLUE xFlickr&CO or WIT folder, Multi30K (data/task1), COCO-style "
-        "<lang>.<split>.json files, an image folder with metadata.csv/jsonl, Parquet, or a .csv/.jsonl file"
-    )
+    for fmt in FORMATS:
+        if fmt.detects(path):
+            return fmt
+    raise ValueError(f"{path}: unknown format; expected " + ", ".join(f.description for f in FORMATS))
+
+
+def detect_format(path: str | Path) -> str:
+    """Name of the format ``path`` holds (one of :data:`FORMATS`: xflickrco, wit, multi30k, coco, csv, jsonl,
+    imagefolder, parquet). Raises ``ValueError`` ("unknown format") otherwise."""
+    return _format_of(path).name
 
 
 def load_ccr_dataset(
@@ -491,23 +515,4 @@ def load_ccr_dataset(
     """Load any supported format (see :func:`detect_format`) into the canonical CCR dataset.
 
     ``split`` defaults to ``test`` (``test_2016_flickr`` for Multi30K); it is ignored for single files."""
-    fmt = detect_format(path)
-    if fmt == "xflickrco":
-        return load_xflickrco(path, split or "test", languages, image_root)
-    if fmt == "wit":
-        if Path(path).is_file():
-            p = Path(path)
-            split_name, _, lang = p.stem.rpartition("_")
-            return load_wit(p.parent, split_name, [lang] if languages is None else languages, image_root)
-        return load_wit(path, split or "test", languages, image_root)
-    if fmt == "multi30k":
-        return load_multi30k(path, split or "test_2016_flickr", languages, image_root)
-    if fmt == "coco":
-        return load_coco_json(path, split or "test", languages, image_root)
-    if fmt == "csv":
-        return load_csv(path, languages, image_root)
-    if fmt == "jsonl":
-        return load_jsonl(path, languages, image_root)
-    if fmt == "imagefolder":
-        return load_image_folder(path, languages, image_root)
-    return load_parquet(path, split, languages)
+    return _format_of(path).load(Path(path), split, languages, image_root)

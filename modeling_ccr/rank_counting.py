@@ -1,5 +1,5 @@
-"""Counting, for every query, the gallery scores strictly above its gold score: the inner loop of retrieval
-evaluation, done on CPU at close to memory speed.
+"""Counting, for every query, the gallery scores at or above its gold score (``>=``: ties count against the
+gold, see ``ranking.rank_from_counts``): the inner loop of retrieval evaluation, on CPU at close to memory speed.
 
 numpy compares a cache-sized block at SIMD speed, but summing booleans is slow (a cast per element). So
 each comparison writes into a zero-padded boolean buffer whose segments start on 8-byte boundaries, and the
@@ -68,7 +68,7 @@ class SegmentLayout:
         return np.zeros((rows, self.words * 8), dtype=bool)
 
     def compare(self, block: np.ndarray, thresholds: np.ndarray, out: np.ndarray) -> None:
-        """``out`` segment k of row r = ``block[r, lo_k:hi_k] > thresholds[r, k]``."""
+        """``out`` segment k of row r = ``block[r, lo_k:hi_k] >= thresholds[r, k]``."""
         rows = block.shape[0]
         # numpy buffers a broadcast operand across rows shorter than its buffer size (8192 elements), which
         # makes this comparison 2-3x slower; a small buffer size (thread-local) keeps it on the direct path.
@@ -76,14 +76,14 @@ class SegmentLayout:
         try:
             if self.uniform is not None:
                 segments = len(self.bounds)
-                np.greater(
+                np.greater_equal(
                     block.reshape(rows * segments, self.uniform),
                     thresholds.reshape(rows * segments, 1),
                     out=out.reshape(rows * segments, self.uniform),
                 )
                 return
             for k, (lo, hi) in enumerate(self.bounds):
-                np.greater(
+                np.greater_equal(
                     block[:, lo:hi], thresholds[:, k, None], out=out[:, self.offsets[k] : self.offsets[k] + hi - lo]
                 )
         finally:
@@ -136,17 +136,17 @@ def _rows_per_block(num_cols: int) -> int:
     return max(1, min(_LANE_MAX, CACHE_ELEMENTS // max(1, num_cols)))
 
 
-def count_above(
+def count_at_or_above(
     values: np.ndarray,
     row_thresholds: np.ndarray,
     bounds: Sequence[tuple[int, int]],
     col_thresholds: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, bool]:
-    """Count scores strictly above thresholds, reading each cache-sized block of rows once.
+    """Count scores at or above thresholds (``>=``), reading each cache-sized block of rows once.
 
-    - ``row_thresholds`` (R, S): ``rows[r, s]`` = entries of ``values[r, lo_s:hi_s]`` above ``row_thresholds[r, s]``
+    - ``row_thresholds`` (R, S): ``rows[r, s]`` = entries of ``values[r, lo_s:hi_s]`` >= ``row_thresholds[r, s]``
       (TR: each image row against its gold caption's score, one segment per language);
-    - ``col_thresholds`` (C,) if given: ``cols[c]`` = entries of ``values[:, c]`` above ``col_thresholds[c]``
+    - ``col_thresholds`` (C,) if given: ``cols[c]`` = entries of ``values[:, c]`` >= ``col_thresholds[c]``
       (IR: each caption column against its image's score).
 
     Returns ``(rows, cols, has_nan)``; counts next to a NaN are meaningless, so callers raise on ``has_nan``.
@@ -175,7 +175,7 @@ def count_above(
                 if rows_in_sums + e - s > _LANE_MAX:
                     cols += word_sums.view(np.uint8)
                     word_sums[:], rows_in_sums = 0, 0
-                np.greater(block, col_thresholds, out=col_buffer[: e - s, :num_cols])
+                np.greater_equal(block, col_thresholds, out=col_buffer[: e - s, :num_cols])
                 word_sums += col_buffer[: e - s].view(np.uint64).sum(axis=0)
                 rows_in_sums += e - s
             layout.compare(block, row_thresholds[s:e], row_buffer[: e - s])

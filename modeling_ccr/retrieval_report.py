@@ -1,4 +1,4 @@
-"""Human-readable retrieval results: a text table and a PNG figure.
+"""Human-readable retrieval results: the printed table (drawn by ``results``) and a PNG figure.
 
 The figure has three panels: Recall@K per language for TR and IR (grouped bars), and the distribution
 of the per-instance standard deviation of ranks across languages (what MRV summarises), for TR and IR.
@@ -12,31 +12,14 @@ from typing import Any
 import numpy as np
 
 from .mrv_core import per_instance_spread
-from .retrieval import RetrievalRanks
+from .ranking import RetrievalRanks
+from .results import RetrievalResults
 
 
-def format_table(metrics: dict[str, Any]) -> str:
+def format_table(metrics: dict[str, Any] | RetrievalResults) -> str:
     """Recall@K per language (rows) and direction (columns), then averages, mean recall and MRV."""
-    ks = list(next(iter(metrics["recall"]["TR"].values())).keys())
-    header = ["lang"] + [f"TR {k}" for k in ks] + [f"IR {k}" for k in ks]
-    rows = []
-    for lang in metrics["languages"]:
-        rows.append([lang] + [f"{metrics['recall'][d][lang][k]:.2f}" for d in ("TR", "IR") for k in ks])
-    rows.append(["avg"] + [f"{metrics['recall_avg'][d][k]:.2f}" for d in ("TR", "IR") for k in ks])
-    rows.append(["chance"] + [f"{metrics['chance'][d][k]:.2f}" for d in ("TR", "IR") for k in ks])
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    lines = ["  ".join(str(c).rjust(w) for c, w in zip(r, widths)) for r in [header] + rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.insert(len(lines) - 2, "  ".join("-" * w for w in widths))
-
-    def fmt(value: float | None) -> str:
-        return "n/a (one language)" if value is None else f"{value:.2f}"
-
-    variant = metrics.get("mrv_variant", "variance")
-    lines.append("")
-    lines.append(f"images {metrics['num_images']}, texts {metrics['num_texts']}, mean recall {metrics['mean_recall']:.2f}")
-    lines.append(f"MRV ({variant}): TR {fmt(metrics['mrv']['TR'])}, IR {fmt(metrics['mrv']['IR'])}  (lower = more consistent)")
-    return "\n".join(lines)
+    results = metrics if isinstance(metrics, RetrievalResults) else RetrievalResults.from_json(metrics)
+    return results.summary_text()
 
 
 def save_report_plot(metrics: dict[str, Any], ranks: RetrievalRanks, path: str | Path, title: str | None = None) -> Path:

@@ -19,7 +19,7 @@ USER = "ns"
 
 
 def eval_results(languages=("en", "de", "zh")) -> dict:
-    """An eval_results.json payload in the layout of retrieval_metrics (CONTRACT.md)."""
+    """An eval_results.json payload in the layout of modeling_ccr/results.py (what retrieval_metrics writes)."""
     recall = {d: {lang: {"R@1": 10.0 + i, "R@5": 40.0 + i, "R@10": 60.0 + i} for i, lang in enumerate(languages)}
               for d in ("TR", "IR")}
     return {

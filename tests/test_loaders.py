@@ -289,3 +289,33 @@ def test_plain_format_errors(tmp_path):
         load_ccr_dataset(tmp_path / "stuff")
     with pytest.raises(ValueError, match="unknown format"):
         load_ccr_dataset(tmp_path / "stuff" / "notes.txt")
+
+
+# ------------------------------------------------------------------------------ registry and languages
+
+
+def test_every_format_is_one_registry_entry_and_unknown_paths_list_them(tmp_path):
+    from modeling_ccr.loaders import FORMATS
+
+    assert len({f.name for f in FORMATS}) == len(FORMATS)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="unknown format") as error:
+        detect_format(tmp_path / "notes.txt")
+    for fmt in FORMATS:
+        assert fmt.description in str(error.value)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_ccr_dataset(tmp_path / "missing")
+
+
+def test_language_filter_is_shared_by_loaders_and_train_splits(xflickrco):
+    from modeling_ccr.dataset_schema import filter_languages
+
+    full = load_xflickrco(xflickrco)
+    ja = filter_languages(full, ["ja"])
+    _check(ja, 2, ["ja"])
+    assert ja["image_id"] == load_xflickrco(xflickrco, languages=["ja"])["image_id"]
+    with pytest.raises(ValueError, match=r"unknown language\(s\) \['xx'\]"):
+        filter_languages(full, ["xx"], name="split 'train'")
+    assert len(filter_languages(full, ["ja", "xx"], strict=False)) == 2  # a split may lack a language
+    with pytest.raises(ValueError, match="no image with a caption"):
+        filter_languages(full, ["xx"], strict=False)

@@ -10,16 +10,18 @@ from modeling_ccr.retrieval import compute_retrieval_ranks, ranks_from_scores
 
 
 def reference_ranks(scores: np.ndarray, ids: np.ndarray, langs: list[str], languages: list[str]):
-    """1 + number of strictly higher scores, counted directly per query."""
+    """1 + number of non-gold items scoring at or above the gold one, counted directly per query."""
     langs = np.asarray(langs)
-    ir = np.array([1 + int(np.sum(scores[:, c] > scores[ids[c], c])) for c in range(scores.shape[1])])
+    others = np.arange(scores.shape[0])
+    ir = np.array([1 + int(np.sum((scores[:, c] >= scores[ids[c], c]) & (others != ids[c])))
+                   for c in range(scores.shape[1])])
     tr = np.full((scores.shape[0], len(languages)), np.nan)
     for k, lang in enumerate(languages):
         cols = np.flatnonzero(langs == lang)
         for i in range(scores.shape[0]):
             gold = cols[ids[cols] == i]
             if gold.size:
-                tr[i, k] = 1 + int(np.sum(scores[i, cols] > scores[i, gold].max()))
+                tr[i, k] = 1 + int(np.sum((scores[i, cols] >= scores[i, gold].max()) & (ids[cols] != i)))
     return tr, ir
 
 
@@ -93,7 +95,7 @@ def test_a_nan_score_anywhere_is_a_clear_error(position):
 
 
 def test_infinite_scores_are_ordered_like_any_other():
-    """-inf keeps a pair out of the top (a mask); +inf beats everything; ties at inf favour the gold."""
+    """-inf keeps a pair out of the top (a mask); +inf beats everything; ties at inf count against the gold."""
     scores, ids, langs = problem(300, {"de": 500, "en": 400}, seed=5)
     rng = np.random.default_rng(6)
     scores[rng.random(scores.shape) < 0.05] = -np.inf

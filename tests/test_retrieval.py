@@ -25,23 +25,24 @@ LANGS = ["de", "en", "ja"]
 # ------------------------------------------------------------------------------ the naive reference
 
 
-def _naive_rank(row: np.ndarray, gold_value: float) -> int:
-    """Position of the first gallery item with the gold score after a stable descending argsort."""
-    order = np.argsort(-row, kind="stable")
-    return int(np.flatnonzero(row[order] == gold_value)[0]) + 1
+def _naive_rank(row: np.ndarray, is_gold: np.ndarray) -> int:
+    """Position of the first gold item after sorting the gallery by descending score, ties broken against
+    the gold items (the rank rule: a tie never rewards a degenerate model)."""
+    order = np.lexsort((is_gold, -row))
+    return int(np.flatnonzero(is_gold[order])[0]) + 1
 
 
 def naive_ranks(scores, ids, langs, languages):
     n, t = scores.shape
+    ids = np.asarray(ids)
     tr = np.full((n, len(languages)), np.nan)
     for k, lang in enumerate(languages):
-        cols = [c for c in range(t) if langs[c] == lang]
+        cols = np.array([c for c in range(t) if langs[c] == lang])
         for i in range(n):
-            golds = [c for c in cols if ids[c] == i]
-            if golds:
-                tr[i, k] = min(_naive_rank(scores[i, cols], scores[i, c]) for c in golds)
+            if (ids[cols] == i).any():
+                tr[i, k] = _naive_rank(scores[i, cols], ids[cols] == i)
     keep = [c for c in range(t) if langs[c] in languages]
-    ir = np.array([_naive_rank(scores[:, c], scores[ids[c], c]) for c in keep])
+    ir = np.array([_naive_rank(scores[:, c], np.arange(n) == ids[c]) for c in keep])
     return tr, ir, keep
 
 
@@ -110,6 +111,45 @@ def test_ranks_from_scores_match_naive_with_ties_and_missing_languages(seed, chu
     assert metrics["mrv"]["IR"] == pytest.approx(mrv_ir)
     expected_mean = np.mean([v for d in recall.values() for lang in d.values() for v in lang.values()])
     assert metrics["mean_recall"] == pytest.approx(expected_mean)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"chunk_size": 3}, {"top_k": 4}, {"top_k": 4, "chunk_size": 2}])
+def test_constant_embeddings_rank_every_gold_last(kwargs):
+    """A collapsed model (every score equal) must not score perfectly: each tie counts against the gold,
+    so every image is ranked after all non-gold captions of the language and every caption's image last."""
+    _, ids, langs = _random_problem(4, n_images=11)
+    ranks = compute_retrieval_ranks(np.ones((11, 4)), np.ones((len(ids), 4)), ids, langs, **kwargs)
+    tr, ir, _ = naive_ranks(np.ones((11, len(ids))), ids, langs, LANGS)
+    np.testing.assert_array_equal(ranks.tr_ranks, tr)
+    np.testing.assert_array_equal(ranks.ir_ranks, np.full(len(ids), 11))
+    for k, lang in enumerate(LANGS):
+        in_lang = np.array([lg == lang for lg in langs])
+        present = ~np.isnan(tr[:, k])
+        own = np.bincount(ids[in_lang], minlength=11)[present]
+        np.testing.assert_array_equal(tr[present, k], 1 + in_lang.sum() - own)
+    if "top_k" in kwargs:  # stage 2 with a collapsed pair scorer follows the same rule within the top-k
+        reranked = rerank_ranks(ranks, lambda i, t: np.zeros(len(i)))
+        in_top = (ranks.ir_topk == ranks.text_image_ids[:, None]).any(axis=1)
+        np.testing.assert_array_equal(reranked.ir_ranks, np.where(in_top, 4, 11))  # last of the top 4, or stays
+
+
+def test_collapsed_model_gets_chance_level_recall_end_to_end():
+    """evaluate_retrieval with a model whose features are constant: recall at most chance, never 100."""
+
+    class Collapsed(FakeModel):
+        def get_image_features(self, pixel_values):
+            return torch.ones(pixel_values.shape[0], 8)
+
+        def get_text_features(self, input_ids, attention_mask=None):
+            return torch.ones(input_ids.shape[0], 8)
+
+    metrics, ranks = evaluate_retrieval(Collapsed(), FakeProcessor(), _tiny_dataset(), batch_size=4, progress=False)
+    for direction in ("TR", "IR"):
+        assert metrics["recall_avg"][direction]["R@1"] <= metrics["chance"][direction]["R@1"]
+        for lang in metrics["languages"]:
+            assert metrics["recall"][direction][lang]["R@1"] < 100.0
+    assert metrics["mean_recall"] < 100.0
+    assert (ranks.ir_ranks == ranks.num_images).all()
 
 
 def test_language_subset_and_order():
@@ -254,13 +294,12 @@ def naive_rerank(stage1, itm, ids, langs, tr1, ir1, k):
             top = cols[np.argsort(-stage1[i, cols], kind="stable")[:k]]
             golds = [c for c in top if ids[c] == i]
             if golds:
-                best = max(itm[i, c] for c in golds)
-                tr[i, li] = 1 + sum(itm[i, c] > best for c in top)
+                tr[i, li] = _naive_rank(itm[i, top], ids[top] == i)
     ir = ir1.copy()
     for c in range(t):
         top = np.argsort(-stage1[:, c], kind="stable")[:k]
         if ids[c] in top:
-            ir[c] = 1 + sum(itm[j, c] > itm[ids[c], c] for j in top)
+            ir[c] = _naive_rank(itm[top, c], top == ids[c])
     return tr, ir
 
 

@@ -53,6 +53,13 @@ def test_unknown_dataset_format_is_a_clear_error(tmp_path):
     assert completed.returncode != 0 and "does not exist" in completed.stderr
 
 
+def test_unknown_language_is_a_clear_error_before_training(tmp_path):
+    completed = _run("--languages", "en,xx", "--output_dir", str(tmp_path / "out"))
+    assert completed.returncode != 0
+    assert "unknown language(s) ['xx']" in completed.stderr and "Traceback" not in completed.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_main_job_writes_a_loadable_hub_folder(tmp_path):
     """The main command, on a reduced budget: trains on EmojiCCR, evaluates, writes the Hub-ready folder."""
@@ -71,6 +78,9 @@ def test_main_job_writes_a_loadable_hub_folder(tmp_path):
     assert set(results["languages"]) == {"cs", "de", "en", "fr", "ja", "zh"}
     assert set(results["demo_red_apple_rank"]) >= {"roter Apfel", "pomme rouge", "红苹果", "gallery_size"}
     assert "mean_recall" in results and results["mrv"]["TR"] >= 0
+    # the keys evaluate_model.py writes, with the same dataset name
+    assert {"model", "dataset", "split", "rerank_top_k", "chance", "recall_avg"} <= set(results)
+    assert results["dataset"] == "EmojiCCR"
     card = (model_dir / "README.md").read_text()
     assert "model-index" in card
 
