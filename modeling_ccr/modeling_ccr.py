@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_ccr import CCRConfig
+from .sentence_transformers_ccr import write_sentence_transformers_files
 
 # --------------------------------------------------------------------------------------------------------------------
 # The 1-to-K contrastive loss: one implementation, used by the model and by everything else.
@@ -699,12 +700,18 @@ class CCRModel(PreTrainedModel):
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
         """Save as safetensors (the default) and ship processing_ccr.py beside the model files.
 
+        The folder also gets the `auto_map` entry `pipeline("zero-shot-image-classification", ...)` loads and the
+        sentence-transformers files (`sentence_transformers_ccr.py`).
+
         `register_for_auto_class` makes transformers copy configuration_ccr.py and modeling_ccr.py and write
         `auto_map`; the processor file is copied too so the folder holds all three remote-code files.
         """
         if kwargs.get("safe_serialization") is False:
             raise ValueError("CCR models are saved as safetensors only")
+        # transformers writes one auto_map entry per registered class; the zero-shot pipeline loads this one.
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **_EXTRA_AUTO_MAP}
         result = super().save_pretrained(save_directory, *args, **kwargs)
+        write_sentence_transformers_files(os.fspath(save_directory))  # SentenceTransformer(folder) loads it
         processing_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), "processing_ccr.py")
         target = os.path.join(os.fspath(save_directory), "processing_ccr.py")
         if os.path.isfile(processing_file) and not os.path.exists(target):
@@ -739,5 +746,6 @@ def _load_tower(path: str, key: str, keep_pooler: bool, kwargs: dict[str, Any]) 
 
 
 CCRModel.register_for_auto_class("AutoModel")
+_EXTRA_AUTO_MAP = {"AutoModelForZeroShotImageClassification": "modeling_ccr.CCRModel"}
 
 __all__ = ["CCRModel", "CCROutput", "gather_for_contrastive", "one_to_k_contrastive_loss", "one_to_k_loss_from_logits"]

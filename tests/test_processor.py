@@ -120,7 +120,8 @@ def test_queries_and_truncation():
         ({"images": [Image.new("RGB", (4, 4))] * 2, "captions": [["a dog"]]}, ValueError, "2 images but 1 caption"),
         ({"text": ["a dog"], "captions": [["a dog"]]}, ValueError, "not both"),
         ({}, ValueError, "give images"),
-        ({"text": ["a dog"], "padding": "max_length"}, TypeError, "unexpected arguments"),
+        ({"text": ["a dog"], "paddin": "max_length"}, TypeError, r"unexpected arguments: \['paddin'\]"),
+        ({"images": [Image.new("RGB", (4, 4))], "colour": 1, "zoom": 2}, TypeError, r"\['colour', 'zoom'\]"),
     ],
 )
 def test_bad_input_raises_a_clear_error(processor, kwargs, error, match):
