@@ -419,6 +419,11 @@ class CCRModel(PreTrainedModel):
         mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
+    def _run_vision(self, pixel_values: torch.Tensor) -> Any:
+        """The vision tower on pixels cast to its dtype (processors give float32; a bf16/fp16 model takes them)."""
+        dtype = next(self.vision_model.parameters()).dtype
+        return self.vision_model(pixel_values=pixel_values.to(dtype) if pixel_values.is_floating_point() else pixel_values)
+
     def _run_text(self, input_ids, attention_mask, token_type_ids=None):
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
@@ -427,7 +432,7 @@ class CCRModel(PreTrainedModel):
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Projected, unnormalised image embeddings (B, projection_dim)."""
-        return self.visual_projection(self._pool_vision(self.vision_model(pixel_values=pixel_values)))
+        return self.visual_projection(self._pool_vision(self._run_vision(pixel_values)))
 
     def get_text_features(
         self,
@@ -453,7 +458,7 @@ class CCRModel(PreTrainedModel):
     def get_image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Image tokens (B, N, H) that the fusion encoder cross-attends to (H = text hidden size)."""
         self._require_fusion()
-        return self._image_tokens_from_outputs(self.vision_model(pixel_values=pixel_values))
+        return self._image_tokens_from_outputs(self._run_vision(pixel_values))
 
     def _fuse(self, text_hidden: torch.Tensor, text_mask: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
         for layer in self.fusion_layers:
@@ -593,7 +598,7 @@ class CCRModel(PreTrainedModel):
             raise ValueError("CCRModel.forward needs both input_ids and pixel_values")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        vision_outputs = self.vision_model(pixel_values=pixel_values)
+        vision_outputs = self._run_vision(pixel_values)
         text_outputs = self._run_text(input_ids, attention_mask, token_type_ids)
         image_embeds = F.normalize(self.visual_projection(self._pool_vision(vision_outputs)), dim=-1)
         text_embeds = F.normalize(self.text_projection(self._pool_text(text_outputs, attention_mask)), dim=-1)

@@ -49,10 +49,9 @@ text_emb, image_emb = st.encode(TEXTS, convert_to_tensor=True), st.encode(images
 out["st_text"], out["st_image"] = text_emb.tolist(), image_emb.tolist()
 out["st_similarity"] = st.similarity(image_emb, text_emb).tolist()
 
-def features(model, dtype=torch.float32):
+def features(model):  # float32 pixels from the processor also feed a bf16 / fp16 model
     with torch.no_grad():
-        pixels = processor(images=images)["pixel_values"].to(dtype)
-        return (model.get_image_features(pixel_values=pixels).float().tolist(),
+        return (model.get_image_features(**processor(images=images)).float().tolist(),
                 model.get_text_features(**processor(text=TEXTS)).float().tolist())
 
 default = AutoModel.from_pretrained(SOURCE, **hub).eval()
@@ -65,7 +64,7 @@ for attn in ("eager", "sdpa"):
                                 model.text_model.config._attn_implementation]
 for name, dtype in (("bfloat16", torch.bfloat16), ("float16", torch.float16)):
     model = AutoModel.from_pretrained(SOURCE, dtype=dtype, **hub).eval()
-    out["dtype_" + name] = [str(model.dtype), features(model, dtype)]
+    out["dtype_" + name] = [str(model.dtype), features(model)]
 print(json.dumps(out))
 """
 
