@@ -424,6 +424,27 @@ class CCRModel(PreTrainedModel):
         dtype = next(self.vision_model.parameters()).dtype
         return self.vision_model(pixel_values=pixel_values.to(dtype) if pixel_values.is_floating_point() else pixel_values)
 
+    def _text_positions(self) -> int | None:
+        """How many tokens the text tower's position embeddings take (RoBERTa-style towers start after padding_idx)."""
+        embeddings = getattr(self.text_model, "embeddings", None)
+        table = getattr(embeddings, "position_embeddings", None)
+        if not isinstance(table, nn.Embedding):
+            return None
+        return table.num_embeddings - (int(embeddings.padding_idx) + 1 if hasattr(embeddings, "padding_idx") else 0)
+
+    def _fit_text(self, input_ids, attention_mask, token_type_ids):
+        """Texts longer than the tower takes (the zero-shot pipeline does not truncate) are cut like the processor
+        cuts them: the first tokens, then the text's last token ([SEP] / </s>). Assumes right padding."""
+        limit = self._text_positions()
+        if limit is None or input_ids.shape[1] <= limit:
+            return input_ids, attention_mask, token_type_ids
+        lengths = attention_mask.long().sum(1)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        last = input_ids[rows, (lengths - 1).clamp(min=0)]
+        input_ids = input_ids[:, :limit].clone()
+        input_ids[lengths > limit, -1] = last[lengths > limit]
+        return input_ids, attention_mask[:, :limit], None if token_type_ids is None else token_type_ids[:, :limit]
+
     def _run_text(self, input_ids, attention_mask, token_type_ids=None):
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
@@ -441,6 +462,8 @@ class CCRModel(PreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Projected, unnormalised text embeddings (T, projection_dim)."""
+        if attention_mask is not None:
+            input_ids, attention_mask, token_type_ids = self._fit_text(input_ids, attention_mask, token_type_ids)
         outputs = self._run_text(input_ids, attention_mask, token_type_ids)
         return self.text_projection(self._pool_text(outputs, attention_mask))
 
@@ -598,6 +621,7 @@ class CCRModel(PreTrainedModel):
             raise ValueError("CCRModel.forward needs both input_ids and pixel_values")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        input_ids, attention_mask, token_type_ids = self._fit_text(input_ids, attention_mask, token_type_ids)
         vision_outputs = self._run_vision(pixel_values)
         text_outputs = self._run_text(input_ids, attention_mask, token_type_ids)
         image_embeds = F.normalize(self.visual_projection(self._pool_vision(vision_outputs)), dim=-1)

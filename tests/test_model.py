@@ -12,8 +12,10 @@ from transformers import AutoModel, CLIPConfig, CLIPModel, ViTModel, XLMRobertaM
 from modeling_ccr import CCRConfig, CCRModel, CCROutput, one_to_k_contrastive_loss
 from tests._core_helpers import (
     IMAGE_SIZE,
+    MAX_POSITIONS,
     make_config,
     make_model,
+    make_processor,
     make_tokenizer,
     text_config,
     vision_config,
@@ -299,3 +301,17 @@ def test_benchmark_quick_mode_reports_both_ratios(capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == f"loss_ratio={result['loss_ratio']:.3f} train_step_ratio={result['train_step_ratio']:.3f}"
     assert result["loss_ratio"] > 0 and result["train_step_ratio"] > 0
+
+
+@pytest.mark.parametrize("text", ["xlmr", "bert"])
+def test_texts_longer_than_the_text_tower_are_cut_like_the_processor_cuts_them(text):
+    """The zero-shot pipeline tokenizes without truncation; the model then takes what its positions allow."""
+    model, processor = make_model(text=text).eval(), make_processor()
+    texts = [" ".join(["a dog runs in the park"] * 12), "a dog"]
+    untruncated = processor.tokenizer(texts, padding=True, return_tensors="pt", return_token_type_ids=False)
+    limit = MAX_POSITIONS - (1 if text == "xlmr" else 0)  # XLM-R positions start after padding_idx 0
+    assert untruncated["input_ids"].shape[1] > limit
+    with torch.no_grad():
+        got = model.get_text_features(**untruncated)
+        want = model.get_text_features(**processor(text=texts, max_length=limit))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
