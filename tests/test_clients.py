@@ -163,3 +163,17 @@ def test_clients_from_a_repo_id_at_a_pinned_revision(saved, tmp_path):
         resolved = [r for r in hub.requests if "/resolve/" in r[1]]
         assert resolved and all(f"/resolve/{oid}/" in r[1] for r in resolved)
     _check(got, model, processor)
+
+
+def test_model_card_metadata_and_usage_for_the_clients(saved):
+    from huggingface_hub import ModelCard
+
+    folder, _, _ = saved
+    card = ModelCard((folder / "README.md").read_text())  # what train.py / push.py render
+    assert card.data.pipeline_tag == "zero-shot-image-classification"
+    assert card.data.library_name == "transformers"
+    assert card.data.language == ["en", "de", "zh"]
+    assert {"sentence-transformers", "zero-shot-image-classification", "custom_code"} <= set(card.data.tags)
+    assert card.data.datasets == ["emoji_ccr"]
+    assert 'pipeline("zero-shot-image-classification", model=repo, revision=revision, trust_remote_code=True)' in card.text
+    assert "SentenceTransformer(repo, revision=revision, trust_remote_code=True)" in card.text
