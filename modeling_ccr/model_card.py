@@ -8,12 +8,13 @@ writes, push.py renders it again with the repository id.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .folder_checks import check_eval_results
-from .results import DIRECTIONS, RetrievalResults
+from .results import DIRECTIONS, EMOJI_DATASET_NAME, RetrievalResults
 from .shipped_files import shipped_path
 
 DEFAULT_TEMPLATE = shipped_path("MODEL_CARD.md")
@@ -58,6 +59,13 @@ def load_card_results(folder: Path) -> RetrievalResults:
     return RetrievalResults.from_json(data)
 
 
+def _card_datasets(dataset: str | None) -> list[str] | None:
+    """The card's `datasets:` entry: the embedded EmojiCCR, or a Hub dataset id; a local path is left out."""
+    if dataset in (None, EMOJI_DATASET_NAME):
+        return ["emoji_ccr"]
+    return [dataset] if re.fullmatch(r"[\w.-]+/[\w.-]+", dataset) and not Path(dataset).exists() else None
+
+
 def render_model_card(
     model_dir: str | Path,
     template: str | Path | None = None,
@@ -86,9 +94,10 @@ def render_model_card(
         language=results.languages,
         license="apache-2.0",
         library_name="transformers",
-        pipeline_tag="feature-extraction",
+        pipeline_tag="zero-shot-image-classification",
         tags=["ccr", "cross-lingual", "multilingual", "image-text-retrieval", "1-to-k-contrastive",
-              "mrv", "custom_code"],
+              "mrv", "custom_code", "zero-shot-image-classification", "sentence-transformers", "clip"],
+        datasets=_card_datasets(results.dataset),
         metrics=["recall", "mrv"],
         model_name=model_name,
         eval_results=model_index(results),

@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_ccr import CCRConfig
+from .sentence_transformers_ccr import write_sentence_transformers_files
 
 # --------------------------------------------------------------------------------------------------------------------
 # The 1-to-K contrastive loss: one implementation, used by the model and by everything else.
@@ -363,6 +364,32 @@ class CCRModel(PreTrainedModel):
         mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
+    def _run_vision(self, pixel_values: torch.Tensor) -> Any:
+        """The vision tower on pixels cast to its dtype (processors give float32; a bf16/fp16 model takes them)."""
+        dtype = next(self.vision_model.parameters()).dtype
+        return self.vision_model(pixel_values=pixel_values.to(dtype) if pixel_values.is_floating_point() else pixel_values)
+
+    def _text_positions(self) -> int | None:
+        """How many tokens the text tower's position embeddings take (RoBERTa-style towers start after padding_idx)."""
+        embeddings = getattr(self.text_model, "embeddings", None)
+        table = getattr(embeddings, "position_embeddings", None)
+        if not isinstance(table, nn.Embedding):
+            return None
+        return table.num_embeddings - (int(embeddings.padding_idx) + 1 if hasattr(embeddings, "padding_idx") else 0)
+
+    def _fit_text(self, input_ids, attention_mask, token_type_ids):
+        """Texts longer than the tower takes (the zero-shot pipeline does not truncate) are cut like the processor
+        cuts them: the first tokens, then the text's last token ([SEP] / </s>). Assumes right padding."""
+        limit = self._text_positions()
+        if limit is None or input_ids.shape[1] <= limit:
+            return input_ids, attention_mask, token_type_ids
+        lengths = attention_mask.long().sum(1)
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        last = input_ids[rows, (lengths - 1).clamp(min=0)]
+        input_ids = input_ids[:, :limit].clone()
+        input_ids[lengths > limit, -1] = last[lengths > limit]
+        return input_ids, attention_mask[:, :limit], None if token_type_ids is None else token_type_ids[:, :limit]
+
     def _run_text(self, input_ids, attention_mask, token_type_ids=None):
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
@@ -371,7 +398,7 @@ class CCRModel(PreTrainedModel):
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Projected, unnormalised image embeddings (B, projection_dim)."""
-        return self.visual_projection(self._pool_vision(self.vision_model(pixel_values=pixel_values)))
+        return self.visual_projection(self._pool_vision(self._run_vision(pixel_values)))
 
     def get_text_features(
         self,
@@ -380,6 +407,8 @@ class CCRModel(PreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Projected, unnormalised text embeddings (T, projection_dim)."""
+        if attention_mask is not None:
+            input_ids, attention_mask, token_type_ids = self._fit_text(input_ids, attention_mask, token_type_ids)
         outputs = self._run_text(input_ids, attention_mask, token_type_ids)
         return self.text_projection(self._pool_text(outputs, attention_mask))
 
@@ -392,7 +421,7 @@ class CCRModel(PreTrainedModel):
     def get_image_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Image tokens (B, N, H) that the fusion encoder cross-attends to (H = text hidden size)."""
         fusion = self._require_fusion()
-        return fusion.image_tokens(self.vision_model(pixel_values=pixel_values).last_hidden_state)
+        return fusion.image_tokens(self._run_vision(pixel_values).last_hidden_state)
 
     def itm_scores(
         self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -528,7 +557,8 @@ class CCRModel(PreTrainedModel):
             raise ValueError("CCRModel.forward needs both input_ids and pixel_values")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        vision_outputs = self.vision_model(pixel_values=pixel_values)
+        input_ids, attention_mask, token_type_ids = self._fit_text(input_ids, attention_mask, token_type_ids)
+        vision_outputs = self._run_vision(pixel_values)
         text_outputs = self._run_text(input_ids, attention_mask, token_type_ids)
         image_embeds = F.normalize(self.visual_projection(self._pool_vision(vision_outputs)), dim=-1)
         text_embeds = F.normalize(self.text_projection(self._pool_text(text_outputs, attention_mask)), dim=-1)
@@ -636,12 +666,18 @@ class CCRModel(PreTrainedModel):
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
         """Save as safetensors (the default) and ship processing_ccr.py beside the model files.
 
+        The folder also gets the `auto_map` entry `pipeline("zero-shot-image-classification", ...)` loads and the
+        sentence-transformers files (`sentence_transformers_ccr.py`).
+
         `register_for_auto_class` makes transformers copy configuration_ccr.py and modeling_ccr.py and write
         `auto_map`; the processor file is copied too so the folder holds all three remote-code files.
         """
         if kwargs.get("safe_serialization") is False:
             raise ValueError("CCR models are saved as safetensors only")
+        # transformers writes one auto_map entry per registered class; the zero-shot pipeline loads this one.
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **_EXTRA_AUTO_MAP}
         result = super().save_pretrained(save_directory, *args, **kwargs)
+        write_sentence_transformers_files(os.fspath(save_directory))  # SentenceTransformer(folder) loads it
         processing_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), "processing_ccr.py")
         target = os.path.join(os.fspath(save_directory), "processing_ccr.py")
         if os.path.isfile(processing_file) and not os.path.exists(target):
@@ -676,5 +712,6 @@ def _load_tower(path: str, key: str, keep_pooler: bool, kwargs: dict[str, Any]) 
 
 
 CCRModel.register_for_auto_class("AutoModel")
+_EXTRA_AUTO_MAP = {"AutoModelForZeroShotImageClassification": "modeling_ccr.CCRModel"}
 
 __all__ = ["CCRFusionEncoder", "CCRModel", "CCROutput", "one_to_k_contrastive_loss", "one_to_k_loss_from_logits"]

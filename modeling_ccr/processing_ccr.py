@@ -11,6 +11,7 @@ from PIL import Image
 from transformers import BatchFeature, ProcessorMixin, ViTImageProcessorPil
 
 _DEFAULT_MAX_LENGTH = 512
+_MODALITY_OWNERS = {"text_kwargs": "tokenizer", "images_kwargs": "image_processor"}
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -174,6 +175,10 @@ class CCRProcessor(ProcessorMixin):
         self.max_length = max_length
         super().__init__(image_processor, tokenizer, **kwargs)
 
+    # Lowest-priority defaults of `ProcessorMixin._merge_kwargs` (any call argument overrides them).
+    text_kwargs = {"padding": True, "truncation": True, "return_token_type_ids": False, "return_tensors": "pt"}
+    images_kwargs = {"return_tensors": "pt"}
+
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "pixel_values", "text_image_ids"]
@@ -188,18 +193,34 @@ class CCRProcessor(ProcessorMixin):
             return min(model_max, _DEFAULT_MAX_LENGTH)
         return _DEFAULT_MAX_LENGTH
 
-    def _tokenize(self, texts: list[str], max_length: int | None, return_tensors: str | None) -> dict[str, Any]:
-        encoded = self.tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self._effective_max_length(max_length),
-            return_tensors=return_tensors,
-            return_token_type_ids=False,
-        )
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+    def _known_kwargs(self) -> set[str]:
+        """Every keyword `ProcessorMixin._merge_kwargs` routes somewhere: flat processor kwargs, the per-modality
+        dicts (`text_kwargs`, ...), `common_kwargs`, and each modality's own arguments (the tokenizer's, the image
+        processor's)."""
+        typed = self.valid_processor_kwargs.__annotations__
+        known = set(typed) | {"common_kwargs"}
+        for name, owner in _MODALITY_OWNERS.items():
+            known |= set(getattr(typed.get(name), "__annotations__", {}))
+            valid = getattr(getattr(self, owner, None), "valid_kwargs", None)
+            known |= set(getattr(valid, "__annotations__", {}))
+        return known
 
-    def process_images(self, images: Any, return_tensors: str | None = "pt") -> dict[str, Any]:
+    def _merged_kwargs(self, kwargs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """CLIPProcessor's keyword conventions: flat kwargs go to the tokenizer / image processor that accepts them,
+        `text_kwargs=` / `images_kwargs=` / `common_kwargs=` dicts too; unknown names are an error (transformers
+        would only warn and drop them)."""
+        unknown = sorted(set(kwargs) - self._known_kwargs())
+        if unknown:
+            raise TypeError(f"CCRProcessor got unexpected arguments: {unknown}")
+        merged = self._merge_kwargs(tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs)
+        if merged["text_kwargs"].get("max_length") is None:
+            merged["text_kwargs"]["max_length"] = self._effective_max_length(None)
+        return merged
+
+    def _tokenize(self, texts: list[str], text_kwargs: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.tokenizer(texts, **text_kwargs))
+
+    def process_images(self, images: Any, return_tensors: str | None = "pt", **images_kwargs: Any) -> dict[str, Any]:
         """Images -> {"pixel_values": (B, C, H, W)} through the image processor, after validation/RGB conversion."""
         if isinstance(images, (Image.Image, np.ndarray, torch.Tensor, bytes, bytearray, str, os.PathLike, dict)):
             if isinstance(images, np.ndarray) and images.ndim == 4 or isinstance(images, torch.Tensor) and images.dim() == 4:
@@ -211,7 +232,7 @@ class CCRProcessor(ProcessorMixin):
         if len(images) == 0:
             raise ValueError("images is an empty list")
         pil_images = [load_image(image, i) for i, image in enumerate(images)]
-        out = self.image_processor(images=pil_images, return_tensors=return_tensors)
+        out = self.image_processor(images=pil_images, return_tensors=return_tensors, **images_kwargs)
         return {"pixel_values": out["pixel_values"]}
 
     def __call__(
@@ -219,36 +240,46 @@ class CCRProcessor(ProcessorMixin):
         images: Any = None,
         text: str | list[str] | None = None,
         captions: Sequence[Sequence[Any]] | None = None,
-        return_tensors: str | None = "pt",
-        max_length: int | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
-        if kwargs:
-            raise TypeError(f"CCRProcessor got unexpected arguments: {sorted(kwargs)}")
+        r"""Texts and/or images -> model inputs, with `CLIPProcessor`'s keyword arguments.
+
+        Tokenizer arguments (`padding` True/"longest"/"max_length"/False, `truncation`, `max_length`,
+        `return_attention_mask`, `return_token_type_ids`, ...) reach the tokenizer, image-processor arguments
+        (`size`, `do_resize`, ...) the image processor, `return_tensors` ("pt", "np" or None) both; the per-modality
+        dicts `text_kwargs=` / `images_kwargs=` / `common_kwargs=` work too. Defaults: pad to the longest text,
+        truncate to `max_length`, no token_type_ids, PyTorch tensors.
+        """
         if images is None and text is None and captions is None:
             raise ValueError("give images, text and/or captions")
         if text is not None and captions is not None:
             raise ValueError("give either text (queries) or captions (caption groups per image), not both")
+        merged = self._merged_kwargs(kwargs)
         data: dict[str, Any] = {}
         if images is not None:
-            data.update(self.process_images(images, return_tensors=return_tensors))
+            data.update(self.process_images(images, **merged["images_kwargs"]))
+        return_tensors = merged["text_kwargs"].get("return_tensors")
         if captions is not None:
             texts, image_ids, _ = flatten_captions(captions)
             if images is not None:
-                n_images = data["pixel_values"].shape[0]
+                n_images = len(data["pixel_values"])
                 if n_images != len(captions):
                     raise ValueError(
                         f"got {n_images} images but {len(captions)} caption groups: give one caption list per image"
                     )
-            data.update(self._tokenize(texts, max_length, return_tensors))
-            data["text_image_ids"] = torch.tensor(image_ids, dtype=torch.long) if return_tensors == "pt" else image_ids
+            data.update(self._tokenize(texts, merged["text_kwargs"]))
+            data["text_image_ids"] = (
+                torch.tensor(image_ids, dtype=torch.long)
+                if return_tensors == "pt"
+                else np.asarray(image_ids, dtype=np.int64) if return_tensors == "np" else image_ids
+            )
         elif text is not None:
             if isinstance(text, str):
                 text = [text]
             if not isinstance(text, Sequence) or len(text) == 0:
                 raise ValueError("text must be a non-empty string or list of strings")
             checked = [_caption_text(t, 0, j)[0] for j, t in enumerate(text)]
-            data.update(self._tokenize(checked, max_length, return_tensors))
+            data.update(self._tokenize(checked, merged["text_kwargs"]))
         return BatchFeature(data=data)
 
     def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:

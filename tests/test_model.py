@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from conftest import (
     IMAGE_SIZE,
+    MAX_POSITIONS,
     make_model,
+    make_processor,
     make_tokenizer,
     text_config,
     vision_config,
@@ -333,3 +335,17 @@ def test_compose_from_instances():
     model = CCRModel(vision_model=vit, text_model=xlmr)
     assert model.vision_model is vit and model.text_model is xlmr
     assert model.config.vision_config is vit.config
+
+
+@pytest.mark.parametrize("text", ["xlmr", "bert"])
+def test_texts_longer_than_the_text_tower_are_cut_like_the_processor_cuts_them(text):
+    """The zero-shot pipeline tokenizes without truncation; the model then takes what its positions allow."""
+    model, processor = make_model(text=text).eval(), make_processor()
+    texts = [" ".join(["a dog runs in the park"] * 12), "a dog"]
+    untruncated = processor.tokenizer(texts, padding=True, return_tensors="pt", return_token_type_ids=False)
+    limit = MAX_POSITIONS - (1 if text == "xlmr" else 0)  # XLM-R positions start after padding_idx 0
+    assert untruncated["input_ids"].shape[1] > limit
+    with torch.no_grad():
+        got = model.get_text_features(**untruncated)
+        want = model.get_text_features(**processor(text=texts, max_length=limit))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)

@@ -119,7 +119,8 @@ def test_queries_and_truncation():
         ({"images": [Image.new("RGB", (4, 4))] * 2, "captions": [["a dog"]]}, ValueError, "2 images but 1 caption"),
         ({"text": ["a dog"], "captions": [["a dog"]]}, ValueError, "not both"),
         ({}, ValueError, "give images"),
-        ({"text": ["a dog"], "padding": "max_length"}, TypeError, "unexpected arguments"),
+        ({"text": ["a dog"], "paddin": "max_length"}, TypeError, r"unexpected arguments: \['paddin'\]"),
+        ({"images": [Image.new("RGB", (4, 4))], "colour": 1, "zoom": 2}, TypeError, r"\['colour', 'zoom'\]"),
     ],
 )
 def test_bad_input_raises_a_clear_error(processor, kwargs, error, match):
@@ -151,3 +152,48 @@ def test_processor_round_trip(tmp_path):
     a, b = processor(images=images, captions=captions), loaded(images=images, captions=captions)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+CLIP_CALLS = [
+    {"return_tensors": "pt", "padding": True, "truncation": True},
+    {"return_tensors": "pt", "padding": "longest"},
+    {"return_tensors": "np", "padding": "max_length", "max_length": 10, "truncation": True},
+    {"return_tensors": "pt", "padding": True, "truncation": True, "max_length": 5},
+    {"return_tensors": "pt", "padding": True, "return_attention_mask": False},
+    {"return_tensors": None, "padding": False},
+    {"return_tensors": "pt", "text_kwargs": {"padding": "max_length", "max_length": 8, "truncation": True}, "common_kwargs": {}},
+]
+
+
+@pytest.mark.parametrize("kwargs", CLIP_CALLS)
+def test_clip_processor_keyword_conventions(kwargs):
+    """Same call to transformers' CLIPProcessor and to CCRProcessor (same tokenizer and image processor)."""
+    from conftest import make_tokenizer
+    from transformers import CLIPImageProcessorPil, CLIPProcessor
+
+    from modeling_ccr import CCRProcessor
+
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    )
+    clip = CLIPProcessor(image_processor=image_processor, tokenizer=make_tokenizer())
+    ccr = CCRProcessor(image_processor=image_processor, tokenizer=make_tokenizer())
+    images = [Image.new("RGB", (40, 36), (200, 30, 60)), Image.new("RGB", (30, 50), (20, 130, 60))]
+    text = ["roter Apfel", "红苹果", " ".join(["a dog runs in the park"] * 3)]
+    want, got = clip(text=text, images=images, **kwargs), ccr(text=text, images=images, **kwargs)
+    assert set(got) == set(want)
+    for key in want:
+        if kwargs["return_tensors"] is None:
+            assert type(got[key]) is type(want[key]) and len(got[key]) == len(want[key])
+            if key != "pixel_values":
+                assert got[key] == want[key], key
+            continue
+        assert type(got[key]) is type(want[key]) and got[key].shape == want[key].shape, key
+        np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]), err_msg=key)
+
+
+def test_tokenizer_and_image_arguments_reach_their_processor(processor):
+    out = processor(text=["a dog"], images=[Image.new("RGB", (20, 20))], size={"height": 16, "width": 16},
+                    return_token_type_ids=True)
+    assert out["pixel_values"].shape == (1, 3, 16, 16)
+    assert "token_type_ids" in out

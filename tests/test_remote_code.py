@@ -13,7 +13,7 @@ from conftest import caption_batch, make_model, make_processor
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
-REMOTE_FILES = ("configuration_ccr.py", "modeling_ccr.py", "processing_ccr.py")
+REMOTE_FILES = ("configuration_ccr.py", "modeling_ccr.py", "processing_ccr.py", "sentence_transformers_ccr.py")
 
 FRESH_SCRIPT = textwrap.dedent(
     """
@@ -69,7 +69,11 @@ def test_saved_folder_layout(tmp_path):
     assert set(REMOTE_FILES) <= names
     assert "model.safetensors" in names and not any(n.endswith(".bin") for n in names)
     config = json.loads((folder / "config.json").read_text())
-    assert config["auto_map"] == {"AutoConfig": "configuration_ccr.CCRConfig", "AutoModel": "modeling_ccr.CCRModel"}
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_ccr.CCRConfig",
+        "AutoModel": "modeling_ccr.CCRModel",
+        "AutoModelForZeroShotImageClassification": "modeling_ccr.CCRModel",
+    }
     assert "temperature" not in config
     processor_config = json.loads((folder / "processor_config.json").read_text())
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_ccr.CCRProcessor"
@@ -80,7 +84,7 @@ def test_saved_folder_layout(tmp_path):
             if line.startswith(("import ", "from ")):
                 module = line.split()[1]
                 assert module.split(".")[0] in {
-                    "torch", "transformers", "os", "io", "shutil", "dataclasses", "typing", "collections",
+                    "torch", "transformers", "os", "io", "json", "shutil", "dataclasses", "typing", "collections",
                     "__future__", "numpy", "PIL", "",
                 } or module.startswith("."), (name, line)
 
