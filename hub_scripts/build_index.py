@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default=None, help="split of a multi-split gallery (default: test / all)")
     parser.add_argument("--index-kind", choices=INDEX_KINDS, default="flat",
                         help="flat: exact (default); ivf / hnsw: approximate, for very large galleries")
-    parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~4 sqrt(N))")
+    parser.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~2 sqrt(N))")
     parser.add_argument("--nprobe", type=int, default=IndexSpec.nprobe, help="IVF lists visited per query")
     parser.add_argument("--ef-search", type=int, default=IndexSpec.ef_search, help="HNSW search depth")
     parser.add_argument("--batch-size", type=int, default=64)

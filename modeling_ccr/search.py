@@ -53,7 +53,7 @@ class IndexSpec:
     """How the vectors are indexed: ``kind`` and the search-time parameter of the approximate kinds."""
 
     kind: str = "flat"
-    nlist: int | None = None  # IVF: number of lists (default ~ 4 sqrt(N), a power of two)
+    nlist: int | None = None  # IVF: number of lists (default ~ 2 sqrt(N), a power of two)
     nprobe: int = DEFAULT_NPROBE
     ef_search: int = DEFAULT_EF_SEARCH
 
@@ -69,7 +69,7 @@ class IndexSpec:
             return "Flat", None
         if self.kind == "hnsw":
             return f"HNSW{HNSW_NEIGHBOURS},Flat", None
-        nlist = self.nlist or max(1, 2 ** round(math.log2(4 * math.sqrt(num_vectors))))
+        nlist = self.nlist or max(1, 2 ** round(math.log2(2 * math.sqrt(num_vectors))))
         if num_vectors < nlist:
             raise ValueError(f"an IVF index with {nlist} lists needs at least {nlist} vectors, got {num_vectors}; "
                              "use --index-kind flat for small galleries")
@@ -85,6 +85,7 @@ def add_embedding_index(dataset: Dataset, spec: IndexSpec, column: str = COLUMN)
     factory, train_size = spec.factory(len(dataset))
     index = faiss.index_factory(len(dataset[0][column]), factory, faiss.METRIC_INNER_PRODUCT)
     if train_size is not None:
+        faiss.extract_index_ivf(index).cp.niter = 10  # coarse lists: 10 k-means rounds are enough, 25 is slow
         sample = np.random.default_rng(0).choice(len(dataset), size=train_size, replace=False)
         vectors = dataset.select(np.sort(sample)).with_format("numpy", columns=[column])[column]
         index.train(np.ascontiguousarray(vectors, dtype=np.float32))
