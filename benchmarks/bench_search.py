@@ -121,7 +121,7 @@ def describe(spec: IndexSpec, n: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="20k vectors only (smoke test)")
+    parser.add_argument("--quick", action="store_true", help="10k vectors only (smoke test)")
     parser.add_argument("--sizes", default=None, help="comma-separated gallery sizes (default 100000,1000000)")
     parser.add_argument("--queries", type=int, default=1000, help="queries for recall@10")
     parser.add_argument("--nprobe", type=int, default=IndexSpec.nprobe)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     import faiss
 
-    sizes = [20_000] if args.quick else [int(s) for s in (args.sizes or "100000,1000000").split(",")]
+    sizes = [10_000] if args.quick else [int(s) for s in (args.sizes or "100000,1000000").split(",")]
     print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads; D={DIM}; queries one at a time")
     results = []
     for n in sizes:

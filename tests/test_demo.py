@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,49 +12,12 @@ from pathlib import Path
 
 import pytest
 from _search_helpers import RED_APPLE, trained_search_model
+from _server_helpers import connect, free_port, local_env, serve, stop
 
 from modeling_ccr.search import GallerySearch, build_index, load_gallery, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "hub_scripts" / "demo.py"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def local_env() -> dict[str, str]:
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", NO_PROXY="127.0.0.1,localhost")
-    return {k: v for k, v in env.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
-
-
-def serve(args: list[str], cwd: Path, ready: str, timeout: float = 120) -> tuple[subprocess.Popen, str]:
-    """Start a server process and wait for the line that names its URL."""
-    process = subprocess.Popen([sys.executable, *args], cwd=cwd, env=local_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    deadline, lines = time.monotonic() + timeout, []
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            if process.poll() is not None:
-                break
-            continue
-        lines.append(line)
-        if ready in line:
-            return process, line.split(ready, 1)[1].strip().split()[0]
-    process.kill()
-    raise AssertionError("server did not start:\n" + "".join(lines[-40:]))
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -155,17 +117,7 @@ def test_space_export_holds_what_the_space_runs(index_dir, tmp_path):
     process = subprocess.Popen([sys.executable, "app.py"], cwd=space, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     try:
-        from gradio_client import Client
-
-        url = f"http://127.0.0.1:{env['GRADIO_SERVER_PORT']}/"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                client = Client(url, verbose=False)
-                break
-            except Exception:
-                assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()[-3000:]
-                time.sleep(1)
+        client = connect(f"http://127.0.0.1:{env['GRADIO_SERVER_PORT']}/", process)
         _, table = client.predict("roter Apfel", 3, api_name="/search_text")
         assert RED_APPLE in [row[1] for row in table["data"]]
     finally:
