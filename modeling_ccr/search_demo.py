@@ -28,6 +28,8 @@ def build_demo(search: GallerySearch, title: str = "CCR-1toK multilingual image 
     import gradio as gr
 
     languages = search.languages
+    model = str(search.info.get("model"))
+    model = "/".join(Path(model).parts[-2:]) if Path(model).is_absolute() else model  # a local folder: its short name
 
     def search_text(query: str, k: float) -> tuple[list, list[list]]:
         if not query or not query.strip():
@@ -51,7 +53,7 @@ def build_demo(search: GallerySearch, title: str = "CCR-1toK multilingual image 
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
         gr.Markdown(f"# {title}\n{len(search)} images"
                     + (f", captions in {', '.join(languages)}" if languages else "")
-                    + f". Index: {search.info['index']['images']['kind']}; model: `{search.info.get('model')}`.")
+                    + f". Index: {search.info['index']['images']['kind']}; model: `{model}`.")
         with gr.Tab("Text → images"):
             with gr.Row():
                 query = gr.Textbox(label="Query (any language)", placeholder="roter Apfel", elem_id="query", scale=4)
