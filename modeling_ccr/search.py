@@ -79,7 +79,7 @@ class IndexSpec:
 
 def add_embedding_index(dataset: Dataset, spec: IndexSpec, column: str = COLUMN) -> None:
     """``dataset.add_faiss_index`` over ``column`` (unit vectors) with the inner-product metric, then set the
-    search parameters. Rows are shuffled into the training sample of IVF by a fixed seed, so builds repeat."""
+    search parameters. IVF lists are trained on a seeded random sample of the rows, so builds repeat."""
     import faiss
 
     factory, train_size = spec.factory(len(dataset))
@@ -352,7 +352,7 @@ class GallerySearch:
                 raise ValueError(f"{folder} records no model; pass model and processor")
             model, processor = load_model(self.info["model"], device)
         self.model, self.processor = model.eval(), processor
-        self._image_ids = self.images["image_id"]
+        self._image_ids: list[str] = list(self.images["image_id"])
         self._captions_meta: tuple[list[str], list[str], list[str]] | None = None
 
     def _load(self, name: str) -> Dataset:
@@ -372,7 +372,7 @@ class GallerySearch:
 
     def _caption_columns(self) -> tuple[list[str], list[str], list[str]]:
         if self._captions_meta is None:
-            self._captions_meta = tuple(self.captions[name] for name in ("image_id", "language", "text"))
+            self._captions_meta = tuple(list(self.captions[name]) for name in ("image_id", "language", "text"))
         return self._captions_meta
 
     @property
