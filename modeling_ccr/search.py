@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, Image, Value, concatenate_datasets, load_from_disk
 
+from .dataset_schema import CCR_FEATURES
 from .loaders import _IMAGE_EXTENSIONS, load_ccr_dataset
 from .retrieval import _features, _model_device, _progress, _to_device
 
@@ -137,6 +138,9 @@ def gallery_from_dataset(dataset: Dataset, where: str = "the dataset") -> Datase
             keep[name] = "image_id"
             break
     if "captions" in dataset.column_names:
+        if dataset.features["captions"] != CCR_FEATURES["captions"]:
+            raise ValueError(f"{where}: its 'captions' column is {dataset.features['captions']}; expected a list of "
+                             "{language, text} records (the canonical CCR form), or no 'captions' column")
         keep["captions"] = "captions"
     gallery = dataset.select_columns(list(keep)).rename_columns({k: v for k, v in keep.items() if k != v})
     if "image_id" not in gallery.column_names:

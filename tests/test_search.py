@@ -18,7 +18,14 @@ from datasets import Image as ImageFeature
 
 from modeling_ccr.emoji_dataset import load_emoji_ccr
 from modeling_ccr.retrieval import compute_retrieval_ranks
-from modeling_ccr.search import GallerySearch, IndexSpec, build_index, load_gallery, load_model
+from modeling_ccr.search import (
+    GallerySearch,
+    IndexSpec,
+    build_index,
+    gallery_from_dataset,
+    load_gallery,
+    load_model,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "hub_scripts" / "build_index.py"
@@ -200,7 +207,9 @@ def test_galleries_of_plain_image_files_and_of_any_image_dataset(trained, tmp_pa
     other = Dataset.from_dict({"picture": emoji["image"], "id": list(range(100, 106))}, features=features)
     other.save_to_disk(str(tmp_path / "other"))
     loaded = load_gallery(tmp_path / "other")
-    assert loaded["image_id"] == [str(i) for i in range(100, 106)]
+    assert list(loaded["image_id"]) == [str(i) for i in range(100, 106)]
+    with pytest.raises(ValueError, match="canonical CCR form"):
+        gallery_from_dataset(other.add_column("captions", [["a caption"]] * 6))
 
 
 def test_bad_input_is_a_clear_error(trained, small_index, tmp_path, capsys):
