@@ -11,6 +11,16 @@ quiet_pip() {
   return "${PIPESTATUS[0]}"
 }
 PY=${PYTHON:-python3}
+# The demo's browser test drives headless Chromium through chromedriver: Debian's packages.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "setup: installing chromium and chromium-driver (apt-get)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "setup: chromium / chromedriver missing and apt-get unavailable (as root): the browser test will be skipped"
+  fi
+fi
 stamp=.venv/.setup-done
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then exit 0; fi
 if [ ! -x .venv/bin/python ]; then
