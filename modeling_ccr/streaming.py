@@ -329,6 +329,10 @@ class StreamDataLoader(DataLoader):
 
     def __init__(self, stream: CCRStream, batch_size: int, collate_fn: Callable, **kwargs: Any) -> None:
         kwargs.pop("persistent_workers", None)  # workers must restart from the recorded position each epoch
+        # Each iter() of a DataLoader draws a worker seed from its generator: with torch's global one (the
+        # default), a resumed run would draw once more than an uninterrupted one and its training step
+        # draws (caption sampling, masks) would differ. The stream itself draws nothing from torch.
+        kwargs.setdefault("generator", torch.Generator().manual_seed(0))
         super().__init__(stream, batch_size=batch_size, collate_fn=_CollateWithState(collate_fn), **kwargs)
         self._state: dict[str, Any] = {"epoch": 0, "readers": {}, "next_slot": 0, "skipped_before": 0}
 

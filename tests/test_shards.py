@@ -1,0 +1,108 @@
+"""Tar shards: patterns, reading and resuming by offset, the caption schema, truncated archives."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+
+import pytest
+from _shard_helpers import encode, write_tiny_shards
+from PIL import Image
+
+from modeling_ccr.shards import (
+    BadSample,
+    ShardEnd,
+    decode_image,
+    expand_braces,
+    expand_shards,
+    is_shard_pattern,
+    read_shard,
+    sample_captions,
+)
+
+
+def _tar(path, members: list[tuple[str, bytes]]) -> str:
+    with tarfile.open(path, "w") as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+def test_brace_patterns_expand_ranges_with_padding_and_alternatives():
+    assert expand_braces("s/{00008..00011}.tar") == ["s/00008.tar", "s/00009.tar", "s/00010.tar", "s/00011.tar"]
+    assert expand_braces("{en,de}/{1..2}.tar") == ["en/1.tar", "en/2.tar", "de/1.tar", "de/2.tar"]
+    assert expand_braces("plain.tar") == ["plain.tar"]
+    with pytest.raises(ValueError, match="empty range"):
+        expand_braces("{5..3}.tar")
+
+
+def test_expand_shards_names_a_missing_shard(tmp_path):
+    paths = write_tiny_shards(tmp_path / "s", samples_per_shard=5)
+    assert expand_shards(str(tmp_path / "s" / "{00000..00002}.tar")) == paths
+    assert expand_shards(str(tmp_path / "s")) == paths
+    assert expand_shards(str(tmp_path / "s" / "*.tar")) == paths
+    with pytest.raises(FileNotFoundError, match="00003.tar"):
+        expand_shards(str(tmp_path / "s" / "{00000..00003}.tar"))
+    assert is_shard_pattern("shards/{00000..00099}.tar") and is_shard_pattern(str(tmp_path / "s"))
+    assert not is_shard_pattern("data/train.jsonl")
+
+
+def test_read_shard_groups_members_by_key_and_resumes_at_an_offset(tmp_path):
+    path = write_tiny_shards(tmp_path, samples_per_shard=12)[0]
+    entries = list(read_shard(path))
+    assert entries[-1] == ShardEnd(truncated=False)
+    samples = entries[:-1]
+    assert len(samples) == 12 and all(set(files) == {"png", "json"} for _, _, files in samples)
+    offset, key, _ = samples[5]
+    resumed = list(read_shard(path, offset))[:-1]
+    assert [k for _, k, _ in resumed] == [k for _, k, _ in samples[5:]]
+    assert [o for o, _, _ in resumed] == [o for o, _, _ in samples[5:]]
+    captions_only = list(read_shard(path, keep_images=False))[:-1]
+    assert all(set(files) == {"json"} for _, _, files in captions_only)
+
+
+@pytest.mark.parametrize("cut", ["in_data", "in_header", "end_marker"])
+def test_a_truncated_shard_is_reported_after_its_last_whole_sample(tmp_path, cut):
+    path = _tar(tmp_path / "t.tar", [(f"{i:03d}.txt", b"x" * 700) for i in range(4)])
+    size = os.path.getsize(path)
+    keep = {"in_data": 512 * 3 + 100, "in_header": 512 * 6 + 200, "end_marker": 512 * 12}[cut]
+    assert keep < size
+    with open(path, "r+b") as handle:
+        handle.truncate(keep)
+    entries = list(read_shard(path))
+    end = entries[-1]
+    assert isinstance(end, ShardEnd) and end.truncated
+    whole = [key for _, key, _ in entries[:-1]]
+    assert end.after_key is not None and end.after_key not in whole
+    assert whole == [f"{i:03d}" for i in range(len(whole))]
+
+
+def test_caption_schema_records_mapping_img2dataset_caption_and_txt():
+    records = {"json": json.dumps({"captions": [{"language": "de", "text": " rot "}, {"language": "en", "text": "red"}]})}
+    assert sample_captions(records, None, "k") == [{"language": "de", "text": "rot"}, {"language": "en", "text": "red"}]
+    mapping = {"json": json.dumps({"captions": {"fr": ["rouge", "vermillon"], "cs": "červená"}})}
+    assert sample_captions(mapping, None, "k") == [
+        {"language": "fr", "text": "rouge"}, {"language": "fr", "text": "vermillon"}, {"language": "cs", "text": "červená"}
+    ]
+    img2dataset = {"json": json.dumps({"caption": "a cat", "url": "http://x", "status": "success"})}
+    assert sample_captions(img2dataset, "en", "k") == [{"language": "en", "text": "a cat"}]
+    assert sample_captions({"json": json.dumps({"caption": "eine Katze", "language": "de"})}, None, "k")[0]["language"] == "de"
+    assert sample_captions({"txt": b"ein Hund"}, "de", "k") == [{"language": "de", "text": "ein Hund"}]
+    assert sample_captions({"json": b"{}"}, "en", "k") == []
+    with pytest.raises(BadSample, match="without a language"):
+        sample_captions({"txt": b"a dog"}, None, "key 'k'")
+    with pytest.raises(BadSample, match="does not parse"):
+        sample_captions({"json": b"{not json"}, None, "key 'k'")
+
+
+def test_decode_image_names_a_corrupt_or_missing_image():
+    image = decode_image(encode(Image.new("RGB", (4, 4))), "k")
+    assert image.size == (4, 4)
+    with pytest.raises(BadSample, match="corrupt image"):
+        decode_image(b"\x89PNG not really", "shard s: key 'k'")
+    with pytest.raises(BadSample, match="no image"):
+        decode_image(None, "shard s: key 'k'")
