@@ -428,7 +428,7 @@ def stream_dataloader(trainer) -> StreamDataLoader:
         batch_size=trainer._train_batch_size,
         collate_fn=trainer.data_collator,
         num_workers=args.dataloader_num_workers,
-        pin_memory=args.dataloader_pin_memory,
+        pin_memory=args.dataloader_pin_memory and torch.accelerator.is_available(),
         drop_last=args.dataloader_drop_last,
         prefetch_factor=args.dataloader_prefetch_factor if args.dataloader_num_workers > 0 else None,
     )

@@ -267,3 +267,32 @@ def test_rows_carry_their_position_only_inside_the_loader(shards):
     assert set(row) == {"image", "image_id", "captions", STATE_KEY}
     batch = next(iter(_loader(TarShards.from_spec(shards), 0)))
     assert STATE_KEY not in batch
+
+
+@pytest.mark.slow
+def test_train_script_trains_from_shards_and_reports_skipped_samples(shards, tmp_path):
+    """train.py --dataset '<dir>/{0..1}.tar': bad samples skipped, their count in eval_results.json; resumable.
+    Four steps of two are exactly the seven good samples: one epoch, each bad sample skipped once."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    train = Path(__file__).resolve().parents[1] / "hub_scripts" / "train.py"
+    bad = _write_bad_shards(tmp_path / "bad")
+    options = ["--dataset", bad, "--eval_dataset", shards, "--languages", "en,de", "--per_device_train_batch_size",
+               "2", "--image_size", "32", "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no",
+               "--report_to", "none", "--vocab_size", "100", "--disable_tqdm", "true", "--output_dir",
+               str(tmp_path / "run"), "--max_eval_samples", "8", "--projection_dim", "16"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run([sys.executable, str(train), *options, "--max_steps", "2"], capture_output=True,
+                               text=True, env=env, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    completed = subprocess.run([sys.executable, str(train), *options, "--max_steps", "4", "--resume_from_checkpoint",
+                                "last"], capture_output=True, text=True, env=env, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "'k3'" in completed.stderr and "corrupt image" in completed.stderr
+    results = json.loads((tmp_path / "run" / "model" / "eval_results.json").read_text())
+    assert results["skipped_samples"] == 4
+    state = json.loads((tmp_path / "run" / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    position = state["stateful_callbacks"]["StreamStateCallback"]["attributes"]["positions"][0]
+    assert position["epoch"] == 0 and position["readers"]["0"]["skipped"] == 4
