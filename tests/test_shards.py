@@ -106,3 +106,16 @@ def test_decode_image_names_a_corrupt_or_missing_image():
         decode_image(b"\x89PNG not really", "shard s: key 'k'")
     with pytest.raises(BadSample, match="no image"):
         decode_image(None, "shard s: key 'k'")
+
+
+def test_shard_writer_writes_tars_that_tarfile_reads_and_no_part_files(tmp_path):
+    paths = write_tiny_shards(tmp_path, samples_per_shard=5)
+    assert [os.path.basename(p) for p in paths] == ["00000.tar", "00001.tar", "00002.tar"]
+    assert not list(tmp_path.glob("*.part"))
+    with tarfile.open(paths[0]) as archive:
+        names = archive.getnames()
+        meta = json.loads(archive.extractfile(names[1]).read())
+        image = Image.open(io.BytesIO(archive.extractfile(names[0]).read()))
+    assert names[:2] == ["0-red-square.png", "0-red-square.json"] and len(names) == 10
+    assert meta["captions"][0] == {"language": "en", "text": "a red square"} and image.size == (32, 32)
+    assert os.path.getsize(paths[0]) % tarfile.RECORDSIZE == 0
