@@ -28,7 +28,7 @@ import json
 import os
 import re
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from PIL import Image
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 _END_OF_ARCHIVE = 1024  # two zero blocks end every complete tar
+_ZERO_BLOCK = bytes(512)
 _BRACES = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(\d+)\.\.(\d+)$")
 
@@ -107,11 +108,88 @@ def _split_key(name: str) -> tuple[str | None, str]:
 
 @dataclass
 class ShardEnd:
-    """How a shard ended: cleanly, or truncated/corrupt after ``after_key`` (the rest is lost)."""
+    """How a shard ended: cleanly, or truncated/corrupt inside sample ``lost_key`` (it and the rest are lost)."""
 
     truncated: bool
     error: str = ""
-    after_key: str | None = None
+    lost_key: str | None = None
+
+
+class _Truncated(Exception):
+    def __init__(self, message: str, name: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name  # the member being read, when its header was whole
+
+
+def _number(field: bytes) -> int:
+    """A numeric header field: octal text, or base-256 when its first byte has the high bit set."""
+    if field[:1] and field[0] & 0x80:
+        return int.from_bytes(field[1:], "big")
+    field = field.strip(b"\0 ")
+    return int(field, 8) if field else 0
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    records, position = {}, 0
+    while position < len(data) and data[position:position + 1] != b"\0":
+        length = int(data[position:data.index(b" ", position)])
+        keyword, _, value = data[data.index(b" ", position) + 1:position + length - 1].partition(b"=")
+        records[keyword.decode("utf-8")] = value.decode("utf-8", "surrogateescape")
+        position += length
+    return records
+
+
+def _tar_files(handle, offset: int, keep: Callable[[str], bool]) -> Iterator[tuple[int, str, bytes | None]]:
+    """``(header offset, name, data)`` of each regular file from ``offset`` to the end-of-archive block.
+
+    Parses ustar headers (with pax ``x``/``g`` and GNU ``L`` long-name records, as tarfile and webdataset
+    write them) directly: ``tarfile``'s per-member objects cost as much as decoding a small image.
+    ``data`` is None for files ``keep`` rejects (their bytes are skipped, not read). A header cut short, a
+    bad checksum or data cut short raise :class:`_Truncated`."""
+    position, start, long_name, pax = offset, None, None, {}
+    while True:
+        header = handle.read(512)
+        if len(header) < 512:
+            raise _Truncated("the archive ends without its end-of-archive blocks" if not header
+                             else "the archive ends inside a header")
+        if header == _ZERO_BLOCK:
+            return
+        stored = _number(header[148:156])
+        if stored != sum(header[:148]) + 256 + sum(header[156:]):
+            raise _Truncated(f"bad header checksum at byte {position}")
+        start = position if start is None else start
+        typeflag = header[156:157]
+        size = int(pax["size"]) if "size" in pax else _number(header[124:136])
+        padded = size + (-size % 512)
+        position += 512 + padded
+        if typeflag in (b"x", b"g", b"L"):
+            data = handle.read(padded)
+            if len(data) < padded:
+                raise _Truncated("the archive ends inside an extended header")
+            if typeflag == b"x":
+                pax = _pax_records(data[:size])
+            elif typeflag == b"L":
+                long_name = data[:size].rstrip(b"\0").decode("utf-8", "surrogateescape")
+            else:
+                start = None
+            continue
+        name = pax.get("path") or long_name
+        if name is None:
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            prefix = header[345:500].split(b"\0", 1)[0]
+            if prefix and header[257:262] == b"ustar":
+                name = prefix.decode("utf-8", "surrogateescape") + "/" + name
+        regular = typeflag in (b"0", b"\0", b"7")
+        if regular and keep(name):
+            data = handle.read(padded)
+            if len(data) < size:
+                raise _Truncated(f"the archive ends inside {name}", name)
+            yield start, name, data[:size]
+        else:
+            handle.seek(padded, 1)
+            if regular:
+                yield start, name, None
+        start, long_name, pax = None, None, {}
 
 
 def read_shard(path: str, offset: int = 0, keep_images: bool = True) -> Iterator[tuple[int, str, dict[str, bytes]] | ShardEnd]:
@@ -122,32 +200,29 @@ def read_shard(path: str, offset: int = 0, keep_images: bool = True) -> Iterator
     key: str | None = None
     files: dict[str, bytes] = {}
     start = offset
-    last_end = offset
-    with open(path, "rb") as handle:
+
+    def keep(name: str) -> bool:
+        return keep_images or not name.lower().endswith(tuple("." + ext for ext in IMAGE_EXTENSIONS))
+
+    with open(path, "rb", buffering=1 << 20) as handle:
         handle.seek(offset)
         try:
-            with tarfile.open(fileobj=handle, mode="r|") as archive:
-                for member in archive:
-                    if not member.isfile():
-                        continue
-                    member_key, extension = _split_key(member.name)
-                    if member_key is None:
-                        continue
-                    if member_key != key:
-                        if key is not None:
-                            yield start, key, files
-                        key, files, start = member_key, {}, offset + member.offset
-                    if keep_images or extension not in IMAGE_EXTENSIONS:
-                        data = archive.extractfile(member)
-                        files[extension] = data.read() if data is not None else b""
-                    last_end = offset + member.offset_data + -(-member.size // 512) * 512
-        except (tarfile.TarError, EOFError, OSError) as error:
-            yield ShardEnd(truncated=True, error=f"{type(error).__name__}: {error}", after_key=key)
+            for member_offset, name, data in _tar_files(handle, offset, keep):
+                member_key, extension = _split_key(name)
+                if member_key is None:
+                    continue
+                if member_key != key:
+                    if key is not None:
+                        yield start, key, files
+                    key, files, start = member_key, {}, member_offset
+                if data is not None:
+                    files[extension] = data
+        except (_Truncated, ValueError, OSError) as error:
+            lost = _split_key(error.name)[0] if isinstance(error, _Truncated) and error.name else None
+            if key is not None and lost is not None and lost != key:
+                yield start, key, files  # whole: the cut is inside the next sample
+            yield ShardEnd(truncated=True, error=str(error), lost_key=lost or key)
             return
-    if key is not None and os.path.getsize(path) - last_end < _END_OF_ARCHIVE:
-        # tarfile reads a header cut short as the end of the archive: the missing end marker tells them apart
-        yield ShardEnd(truncated=True, error="the archive ends without its end-of-archive blocks", after_key=key)
-        return
     if key is not None:
         yield start, key, files
     yield ShardEnd(truncated=False)

@@ -109,8 +109,8 @@ class TarShards:
         for entry in read_shard(self.sets[0][0][shard], position):
             if isinstance(entry, ShardEnd):
                 if entry.truncated:
-                    yield Bad(-1, None, f"truncated or corrupt shard, the rest after key {entry.after_key!r} is lost "
-                                        f"({entry.error})")
+                    yield Bad(-1, None, f"truncated or corrupt shard: sample {entry.lost_key!r} and any after it "
+                                        f"are lost ({entry.error})")
                 return
             offset, key, files = entry
             try:
@@ -127,8 +127,8 @@ class TarShards:
         for entry in read_shard(path, keep_images=False):
             if isinstance(entry, ShardEnd):
                 if entry.truncated:
-                    logger.warning("caption shard %s is truncated after key %r (%s): later keys lack its captions",
-                                   path, entry.after_key, entry.error)
+                    logger.warning("caption shard %s is truncated at key %r (%s): it and later keys lack its captions",
+                                   path, entry.lost_key, entry.error)
                 break
             _, key, files = entry
             try:

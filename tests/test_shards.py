@@ -69,7 +69,8 @@ def test_read_shard_groups_members_by_key_and_resumes_at_an_offset(tmp_path):
 def test_a_truncated_shard_is_reported_after_its_last_whole_sample(tmp_path, cut):
     path = _tar(tmp_path / "t.tar", [(f"{i:03d}.txt", b"x" * 700) for i in range(4)])
     size = os.path.getsize(path)
-    keep = {"in_data": 512 * 3 + 100, "in_header": 512 * 6 + 200, "end_marker": 512 * 12}[cut]
+    member = 512 + 1024  # header + 700 bytes padded to whole blocks
+    keep = {"in_data": member + 512 + 100, "in_header": 2 * member + 200, "end_marker": 4 * member}[cut]
     assert keep < size
     with open(path, "r+b") as handle:
         handle.truncate(keep)
@@ -77,8 +78,10 @@ def test_a_truncated_shard_is_reported_after_its_last_whole_sample(tmp_path, cut
     end = entries[-1]
     assert isinstance(end, ShardEnd) and end.truncated
     whole = [key for _, key, _ in entries[:-1]]
-    assert end.after_key is not None and end.after_key not in whole
+    assert end.lost_key is not None and end.lost_key not in whole
     assert whole == [f"{i:03d}" for i in range(len(whole))]
+    expected = {"in_data": ["000"], "in_header": ["000"], "end_marker": ["000", "001", "002"]}[cut]
+    assert whole == expected  # a cut in sample 1's data keeps sample 0; a cut header loses the sample before it
 
 
 def test_caption_schema_records_mapping_img2dataset_caption_and_txt():
@@ -119,3 +122,29 @@ def test_shard_writer_writes_tars_that_tarfile_reads_and_no_part_files(tmp_path)
     assert names[:2] == ["0-red-square.png", "0-red-square.json"] and len(names) == 10
     assert meta["captions"][0] == {"language": "en", "text": "a red square"} and image.size == (32, 32)
     assert os.path.getsize(paths[0]) % tarfile.RECORDSIZE == 0
+
+
+@pytest.mark.parametrize("format", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_read_shard_agrees_with_tarfile_on_pax_gnu_and_ustar_archives(tmp_path, format):
+    """Long and non-ASCII names (pax / GNU records), float mtimes as webdataset writes them, folders."""
+    long_dir = "d" * 60 + "/" + "e" * 50 if format != tarfile.USTAR_FORMAT else "dir"
+    names = [f"{long_dir}/s{i}.{ext}" for i in range(3) for ext in ("png", "json")]
+    names.append("crème/brûlée.txt" if format != tarfile.USTAR_FORMAT else "plain/x.txt")
+    path = tmp_path / "a.tar"
+    with tarfile.open(path, "w", format=format) as archive:
+        folder = tarfile.TarInfo("folder")
+        folder.type = tarfile.DIRTYPE
+        archive.addfile(folder)
+        for index, name in enumerate(names):
+            data = f"{name} {index}".encode() * (index + 1)
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1700000000.25
+            archive.addfile(info, io.BytesIO(data))
+    entries = list(read_shard(str(path)))
+    assert entries[-1] == ShardEnd(truncated=False)
+    with tarfile.open(path) as archive:
+        expected = [(m.name, archive.extractfile(m).read()) for m in archive.getmembers() if m.isfile()]
+    got = [(f"{key}.{ext}", data) for _, key, files in entries[:-1] for ext, data in files.items()]
+    assert got == expected
+    offset = entries[1][0]
+    assert [key for _, key, _ in list(read_shard(str(path), offset))[:-1]] == [key for _, key, _ in entries[1:-1]]
