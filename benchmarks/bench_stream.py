@@ -49,13 +49,14 @@ WORDS = {
 BATCH = 64
 
 
-def write_corpus(folder: str, samples: int, per_shard: int) -> None:
+def write_corpus(folder: str, samples: int, per_shard: int) -> float:
     """The synthetic corpus as ``00000.tar``, ``00001.tar``, ... (written once, reused by every measurement)."""
     from PIL import Image
     from tqdm import tqdm
 
     from modeling_ccr.shards import ShardWriter
 
+    start = time.perf_counter()
     rng = random.Random(0)
     pool = []
     for _ in range(256):
@@ -67,6 +68,7 @@ def write_corpus(folder: str, samples: int, per_shard: int) -> None:
     with ShardWriter(folder, per_shard) as writer:
         for index in tqdm(range(samples), desc="writing the corpus", unit="sample", unit_scale=True, mininterval=2):
             writer.add_sample(f"{index:09d}", pool[index % len(pool)], (template % ((index,) * 6)).encode())
+    return time.perf_counter() - start
 
 
 def _pattern(folder: str, samples: int, per_shard: int) -> str:
@@ -182,14 +184,24 @@ def child_memory(processor_dir: str, mode: str, pattern: str, samples: int, step
 
 
 def child_speed(processor_dir: str, large: str, small: str, samples: int, steps: int, rounds: int) -> dict:
+    """Stream (large corpus) and in-memory (small corpus) alternate batch by batch (ABBA), so that whatever
+    else the shared machine runs slows both alike; samples/s per round, medians over rounds."""
     setup = _Setup(processor_dir)
     paths = {"stream": _batches(setup.stream_loader(large), {}), "memory": _batches(setup.memory_loader(small), {})}
     results: dict[str, list[float]] = {f"{mode}_{kind}": [] for mode in paths for kind in ("pipeline", "train")}
-    for round_index in range(rounds):
-        order = list(paths) if round_index % 2 == 0 else list(reversed(paths))
-        for mode in order:
-            results[f"{mode}_pipeline"].append(_pipeline(paths[mode], samples))
-            results[f"{mode}_train"].append(_training(setup, paths[mode], steps))
+    for _ in range(rounds):
+        for kind, count in (("pipeline", samples // BATCH), ("train", steps)):
+            elapsed, seen = dict.fromkeys(paths, 0.0), dict.fromkeys(paths, 0)
+            for index in range(count):
+                for mode in (list(paths) if index % 2 == 0 else list(reversed(paths))):
+                    start = time.perf_counter()
+                    batch = next(paths[mode])
+                    if kind == "train":
+                        setup.train_step(batch)
+                    elapsed[mode] += time.perf_counter() - start
+                    seen[mode] += batch["pixel_values"].shape[0]
+            for mode in paths:
+                results[f"{mode}_{kind}"].append(seen[mode] / elapsed[mode])
     return {name: statistics.median(values) for name, values in results.items()}
 
 
@@ -225,9 +237,7 @@ def main() -> None:
     else:
         sizes, per_shard, samples, steps, rounds = [10_000, 100_000, 1_000_000], 10_000, 20_000, 40, 5
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as folder:
-        start = time.perf_counter()
-        write_corpus(folder, sizes[-1], per_shard)
-        written = time.perf_counter() - start
+        written = write_corpus(folder, sizes[-1], per_shard)
         size_gb = sum(p.stat().st_size for p in Path(folder).glob("*.tar")) / 1e9
         processor_dir = os.path.join(folder, "processor")
         _save_processor(processor_dir)

@@ -146,6 +146,11 @@ class DatasetShards:
     Positions are row numbers inside a data-source shard (``dataset.shard(n, i)``)."""
 
     def __init__(self, dataset, language: str | None = None, name: str = "dataset") -> None:
+        from datasets import Image as ImageFeature
+
+        for column, feature in (dataset.features or {}).items():
+            if isinstance(feature, ImageFeature) and feature.decode:  # decoded when yielded, not when read
+                dataset = dataset.cast_column(column, ImageFeature(decode=False))
         self.dataset = dataset
         self.language = language
         self.label = name
@@ -338,7 +343,8 @@ class StreamDataLoader(DataLoader):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         workers = max(self.num_workers, 1)
-        rank = self.dataset.rank
+        rank = self.dataset._rank = self.dataset.rank  # fixed here, in the main process, for the workers
+        self.dataset._world_size = self.dataset.world_size
         self.dataset.resume = {key: self._state[key] for key in ("epoch", "readers", "next_slot")}
         for batch in super().__iter__():
             reader, position = batch.pop(STATE_KEY)
@@ -439,6 +445,8 @@ def prepare_stream_training(trainer) -> None:
     if trainer.args.max_steps <= 0:
         raise ValueError("training from a stream needs max_steps > 0 (a stream has no length to count epochs by)")
     trainer.args.ignore_data_skip = True
+    if trainer.train_dataset.languages is None:  # a caption in another language would stop the collator
+        trainer.train_dataset.languages = set(trainer.languages)
     trainer.add_callback(StreamStateCallback())
 
 
