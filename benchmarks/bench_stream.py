@@ -14,7 +14,7 @@ corpora are its first 1 and 10 shards.
   alone and training steps, and reports medians over the rounds.
 
     python benchmarks/bench_stream.py            # full run (a few minutes; run under flock /tmp/cpu.lock)
-    python benchmarks/bench_stream.py --quick    # smoke test: 2k/4k/8k samples
+    python benchmarks/bench_stream.py --quick    # smoke test: 1k/2k/4k samples
 Last line: ``rss_ratio_1m_vs_10k=<x> throughput_vs_in_memory=<y>`` with x the peak RSS of the largest corpus's
 stream child over the smallest's, y the training samples/s streaming from the largest corpus over the
 in-memory path's on the smallest (median of interleaved rounds).
@@ -216,7 +216,7 @@ def _run_child(arguments: list[str], threads: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny corpora (2k/4k/8k), for a smoke test")
+    parser.add_argument("--quick", action="store_true", help="tiny corpora (1k/2k/4k), for a smoke test")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each child")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -233,7 +233,7 @@ def main() -> None:
         return
 
     if args.quick:
-        sizes, per_shard, samples, steps, rounds = [2000, 4000, 8000], 500, 1000, 3, 2
+        sizes, per_shard, samples, steps, rounds = [1000, 2000, 4000], 250, 512, 2, 1
     else:
         sizes, per_shard, samples, steps, rounds = [10_000, 100_000, 1_000_000], 10_000, 20_000, 40, 5
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as folder:
