@@ -130,6 +130,8 @@ def load_stream_splits(data_args: DataArguments, seed: int) -> dict[str, object]
 
     if not data_args.eval_dataset:
         raise ValueError("training from a stream needs --eval_dataset (the evaluation and test data)")
+    if data_args.max_train_samples:
+        raise ValueError("--max_train_samples does not apply to a stream; bound training with --max_steps")
     languages = [lang.strip() for lang in data_args.languages.split(",")] if data_args.languages else None
     stream = open_stream(data_args.dataset, data_args.streaming, data_args.train_split, languages, seed,
                          data_args.shuffle_buffer)

@@ -396,7 +396,11 @@ class StreamStateCallback(TrainerCallback, ExportableState):
 
     def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         saved = state.stateful_callbacks.get(type(self).__name__) if state.global_step > 0 else None
-        if saved is None or not isinstance(train_dataloader, StreamDataLoader):
+        if not isinstance(train_dataloader, StreamDataLoader) or state.global_step == 0:
+            return
+        if saved is None:
+            logger.warning("the checkpoint holds no stream position (not written by a stream run): the stream "
+                           "starts from its beginning")
             return
         positions = (saved[0] if isinstance(saved, list) else saved)["attributes"]["positions"]
         rank = train_dataloader.dataset.rank
