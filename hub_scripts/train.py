@@ -286,6 +286,8 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
     splits = load_splits(data_args, training_args.seed)
     train = splits[data_args.train_split]
     languages = sorted(train.languages) if hasattr(train, "languages") else dataset_languages(train)
+    if hasattr(train, "languages") and training_args.max_steps <= 0:
+        raise ValueError("training from a stream needs --max_steps (a stream has no length to count epochs by)")
     if training_args.loss_type == "pivot" and "en" not in languages:
         raise ValueError(f"--loss_type pivot needs English captions; the training data has {languages}")
     vision = resolve_tower(model_args.vision_model, vision_presets(model_args.image_size), "vision")
