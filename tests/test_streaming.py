@@ -296,3 +296,23 @@ def test_train_script_trains_from_shards_and_reports_skipped_samples(shards, tmp
     state = json.loads((tmp_path / "run" / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
     position = state["stateful_callbacks"]["StreamStateCallback"]["attributes"]["positions"][0]
     assert position["epoch"] == 0 and position["readers"]["0"]["skipped"] == 4
+
+
+@pytest.mark.parametrize("extra,message", [
+    ([], "--eval_dataset"),
+    (["--eval_dataset", "emoji"], "--max_steps"),
+    (["--eval_dataset", "emoji", "--max_steps", "3", "--max_train_samples", "5"], "--max_train_samples"),
+])
+def test_train_script_rejects_incomplete_stream_options_before_training(shards, tmp_path, extra, message):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "hub_scripts" / "train.py"
+    spec = importlib.util.spec_from_file_location("train_script", path)
+    train = importlib.util.module_from_spec(spec)
+    sys.modules["train_script"] = train  # dataclasses look their module up there
+    spec.loader.exec_module(train)
+    with pytest.raises(SystemExit, match=message):
+        train.main(["--dataset", shards, "--output_dir", str(tmp_path / "out"), *extra])
+    assert not (tmp_path / "out" / "checkpoints").exists()
