@@ -268,15 +268,22 @@ class CCRStream(IterableDataset):
         taken = int(state.get("taken", 0))
         restoring = "block" in state  # the restored block's read-time skips are already in `skipped`
         items = self._items(plan, *start)
+        pending = None
         while True:
             samples, block_start = [], None
-            while len(samples) < self.buffer_size:
-                where, item = next(items, (None, None))
+            while True:
+                where, item = pending or next(items, (None, None))
+                pending = None
                 if item is None:
+                    break
+                captions = self._keep(item.captions) if isinstance(item, Item) else []
+                if captions and len(samples) == self.buffer_size:
+                    # The block is full; bad items up to here belong to it, so their count travels with its samples.
+                    pending = (where, item)
                     break
                 if block_start is None and item.position >= 0:
                     block_start = where
-                if isinstance(item, Bad) or not (captions := self._keep(item.captions)):
+                if not captions:
                     if not restoring:
                         skipped += 1
                         self._warn(plan, where, item, "no caption in the kept languages")

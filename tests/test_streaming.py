@@ -66,9 +66,9 @@ def test_shuffle_is_seeded_per_epoch_and_off_reads_in_order(shards):
     assert in_order == keys
 
 
-def _loader(source, num_workers: int, batch_size: int = 3) -> StreamDataLoader:
+def _loader(source, num_workers: int, batch_size: int = 3, buffer_size: int = 5) -> StreamDataLoader:
     processor = tiny_processor()
-    stream = CCRStream(source, seed=1, buffer_size=5, rank=0, world_size=1)
+    stream = CCRStream(source, seed=1, buffer_size=buffer_size, rank=0, world_size=1)
     return StreamDataLoader(stream, batch_size=batch_size, collate_fn=_IdCollator(processor), num_workers=num_workers)
 
 
@@ -139,11 +139,13 @@ def _write_bad_shards(folder) -> str:
     return str(folder / "{00000..00001}.tar")
 
 
-def test_bad_samples_are_skipped_counted_and_named(tmp_path, caplog):
+@pytest.mark.parametrize("buffer_size", [5, 3])
+def test_bad_samples_are_skipped_counted_and_named(tmp_path, caplog, buffer_size):
+    """With blocks of 3 the truncated end is met right after a full block: still counted."""
     pattern = _write_bad_shards(tmp_path)
     with tarfile.open(tmp_path / "00000.tar") as archive:
         assert len(archive.getnames()) == 11
-    loader = _loader(TarShards.from_spec(pattern), 0, batch_size=2)
+    loader = _loader(TarShards.from_spec(pattern), 0, batch_size=2, buffer_size=buffer_size)
     with caplog.at_level(logging.WARNING, logger="modeling_ccr.streaming"):
         ids = [image_id for batch in loader for image_id in batch["ids"]]
     messages = "\n".join(record.getMessage() for record in caplog.records)
