@@ -19,3 +19,4 @@ bench: setup
 	$(PY) benchmarks/bench_retrieval.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_search.py
+	$(PY) benchmarks/bench_stream.py

@@ -80,6 +80,15 @@ class DataArguments:
     rerank_top_k: int = field(
         default=0, metadata={"help": "Final evaluation: re-score each query's top k with the ITM head (fusion models)."}
     )
+    streaming: bool = field(
+        default=False, metadata={"help": "Stream --dataset with datasets' load_dataset(streaming=True) (a Hub id or "
+                                 "a local dataset); tar shards (--dataset 'shards/{00000..00099}.tar') always stream."}
+    )
+    eval_dataset: str | None = field(
+        default=None, metadata={"help": "When training from a stream: the evaluation and test data ('emoji', any "
+                                "format above, or a small shard pattern)."}
+    )
+    shuffle_buffer: int = field(default=1000, metadata={"help": "Stream: samples per shuffle block and reader."})
 
 
 @dataclass
@@ -114,13 +123,40 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, Data
     return model_args, data_args, training_args
 
 
-def load_splits(data_args: DataArguments) -> dict[str, object]:
+def load_stream_splits(data_args: DataArguments, seed: int) -> dict[str, object]:
+    """A stream to train on (tar shards or a streamed ``datasets`` dataset) and in-memory eval / test splits."""
+    from modeling_ccr.streaming import open_stream
+
+    if not data_args.eval_dataset:
+        raise ValueError("training from a stream needs --eval_dataset (the evaluation and test data)")
+    if data_args.max_train_samples:
+        raise ValueError("--max_train_samples does not apply to a stream; bound training with --max_steps")
+    languages = [lang.strip() for lang in data_args.languages.split(",")] if data_args.languages else None
+    stream = open_stream(data_args.dataset, data_args.streaming, data_args.train_split, languages, seed,
+                         data_args.shuffle_buffer)
+    evaluation = DataArguments(dataset=data_args.eval_dataset, image_root=data_args.image_root,
+                               languages=",".join(sorted(stream.languages)), train_split="",
+                               eval_split=data_args.eval_split, test_split=data_args.test_split,
+                               max_eval_samples=data_args.max_eval_samples)
+    return {data_args.train_split: stream, **load_splits(evaluation)}
+
+
+def load_splits(data_args: DataArguments, seed: int = 0) -> dict[str, object]:
     """Load the train / eval / test splits; an unknown path or format fails here, before any training."""
+    from modeling_ccr.shards import is_shard_pattern
+
+    if data_args.train_split and (data_args.streaming or is_shard_pattern(data_args.dataset)):
+        return load_stream_splits(data_args, seed)
     names = [data_args.train_split, data_args.eval_split, data_args.test_split]
     if data_args.dataset == "emoji":
         from modeling_ccr.emoji_dataset import load_emoji_ccr
 
         splits = {name: load_emoji_ccr(name) for name in names if name}
+    elif is_shard_pattern(data_args.dataset):
+        from modeling_ccr.streaming import TarShards, materialize
+
+        shards = materialize(TarShards.from_spec(data_args.dataset))
+        splits = {name: shards for name in names if name}
     else:
         from modeling_ccr.loaders import load_ccr_dataset
 
@@ -152,9 +188,13 @@ def build_processor(model_args: ModelArguments, train_split, vision_path: str | 
         tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer or text_path)
         tokenizer.model_max_length = model_args.max_text_length
     else:
+        from modeling_ccr.streaming import CCRStream, peek_texts
         from modeling_ccr.tokenizer_training import train_tokenizer
 
-        texts = [caption["text"] for captions in train_split["captions"] for caption in captions]
+        if isinstance(train_split, CCRStream):
+            texts = peek_texts(train_split)
+        else:
+            texts = [caption["text"] for captions in train_split["captions"] for caption in captions]
         tokenizer = train_tokenizer(texts, vocab_size=model_args.vocab_size, model_max_length=model_args.max_text_length)
     if vision_path:
         image_processor = AutoImageProcessor.from_pretrained(vision_path, use_fast=False)
@@ -242,8 +282,11 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
     training_args.logging_dir = str(run_dir / "runs")
     if training_args.resume_from_checkpoint in ("last", "True", "true"):
         training_args.resume_from_checkpoint = last_complete_checkpoint(training_args.output_dir)
-    splits = load_splits(data_args)
-    languages = dataset_languages(splits[data_args.train_split])
+    splits = load_splits(data_args, training_args.seed)
+    train = splits[data_args.train_split]
+    languages = sorted(train.languages) if hasattr(train, "languages") else dataset_languages(train)
+    if hasattr(train, "languages") and training_args.max_steps <= 0:
+        raise ValueError("training from a stream needs --max_steps (a stream has no length to count epochs by)")
     check_objective(training_args.loss_type, languages)
     vision = resolve_tower(model_args.vision_model, vision_presets(model_args.image_size), "vision")
     text = resolve_tower(model_args.text_model, text_presets(model_args.vocab_size, model_args.max_text_length + 2), "text")
@@ -286,6 +329,10 @@ def run(prepared: PreparedRun) -> dict:
     results.rerank_top_k = data_args.rerank_top_k
     results.loss_type = training_args.loss_type
     results.seed = training_args.seed
+    if not hasattr(train_split, "__len__"):  # a stream: bad samples it skipped (warnings name shard and key)
+        from modeling_ccr.streaming import stream_skipped
+
+        results.extra["skipped_samples"] = stream_skipped(trainer)
     if data_args.dataset == "emoji":
         results.extra["demo_red_apple_rank"] = demo_queries(model, processor)
     if trainer.is_world_process_zero():

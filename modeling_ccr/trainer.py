@@ -29,6 +29,7 @@ from .masking import IGNORE_INDEX, add_mlm_inputs
 from .modeling_ccr import CCROutput
 from .objectives import check_objective, contrastive_objective, objectives_help, pivot_language_id
 from .retrieval import compute_retrieval_ranks, flatten_metrics, retrieval_metrics
+from .streaming import CCRStream, prepare_stream_training, stream_dataloader
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +186,8 @@ class CCRTrainer(Trainer):
             raise ValueError("CCRTrainer needs CCRTrainingArguments (args=...)")
         if not isinstance(args, CCRTrainingArguments):
             raise TypeError(f"args must be CCRTrainingArguments, got {type(args).__name__}")
+        if languages is None and isinstance(train_dataset, CCRStream):
+            raise ValueError("pass languages=... when training from a stream (its languages cannot be read ahead)")
         if languages is None:
             if train_dataset is None:
                 raise ValueError("pass languages=... when there is no train_dataset to read them from")
@@ -216,6 +219,14 @@ class CCRTrainer(Trainer):
         # The loss is a mean over the batch already; Trainer scales it for gradient accumulation.
         self.model_accepts_loss_kwargs = False
         self.label_names = ["text_language_ids"]
+        if isinstance(train_dataset, CCRStream):
+            prepare_stream_training(self)
+
+    def get_train_dataloader(self):
+        """A stream (:class:`~modeling_ccr.streaming.CCRStream`) gets a loader that records its position."""
+        if isinstance(self.train_dataset, CCRStream):
+            return stream_dataloader(self)
+        return super().get_train_dataloader()
 
     @staticmethod
     def _apply_weights(model, args: CCRTrainingArguments) -> None:
