@@ -225,13 +225,11 @@ def demo_queries(model, processor) -> dict[str, int]:
     from modeling_ccr.emoji_dataset import load_emoji_ccr
 
     gallery = concatenate_datasets([split.select_columns(["image", "image_id"]) for split in load_emoji_ccr().values()])
-    with torch.no_grad():
-        images = torch.cat([
-            model.get_image_features(**processor(images=gallery[start:start + 256]["image"]))
-            for start in range(0, len(gallery), 256)
-        ])
-        texts = model.get_text_features(**processor(text=list(DEMO_QUERIES)))
     from modeling_ccr.ranking import compute_retrieval_ranks
+    from modeling_ccr.retrieval import encode_images, encode_texts
+
+    images = encode_images(model, processor, gallery, batch_size=256)
+    texts = encode_texts(model, processor, list(DEMO_QUERIES))
 
     gold = gallery["image_id"].index(DEMO_IMAGE_ID)
     # Each query is a caption of the apple: its IR rank is the apple's rank among all images.

@@ -66,6 +66,50 @@ def _to_device(batch: Any, device: torch.device) -> dict[str, Any]:
     return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in dict(batch).items()}
 
 
+def encode_images(
+    model: torch.nn.Module, processor: Any, images: Any, batch_size: int = 64, progress: bool = False,
+    with_tokens: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) float32 image features (projected, not normalised) on the CPU, batch by batch.
+
+    ``images``: a list (PIL, paths, arrays, bytes) or a Dataset with an ``image`` column, decoded one batch at
+    a time so that a large gallery is never in memory at once. The processor converts every image mode itself
+    (RGBA composited onto white as in training; a bare ``convert("RGB")`` would turn it black).
+    ``with_tokens`` also returns the fusion encoder's image tokens (for ITM re-ranking).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if hasattr(images, "select_columns"):
+        images = images.select_columns(["image"])
+    device, features, tokens = _model_device(model), [], []
+    starts = range(0, len(images), batch_size)
+    with torch.no_grad():
+        for start in progress_bar(starts, len(starts), "encoding images", progress):
+            batch = images[start : start + batch_size]
+            batch = batch["image"] if isinstance(batch, dict) else list(batch)
+            pixel_values = _to_device(processor(images=batch), device)["pixel_values"]
+            features.append(_features(model.get_image_features(pixel_values=pixel_values), "image").float().cpu())
+            if with_tokens:
+                tokens.append(model.get_image_tokens(pixel_values=pixel_values).cpu())
+    return (torch.cat(features), torch.cat(tokens)) if with_tokens else torch.cat(features)
+
+
+def encode_texts(
+    model: torch.nn.Module, processor: Any, texts: Sequence[str], batch_size: int = 64, progress: bool = False
+) -> torch.Tensor:
+    """(T, D) float32 text features (projected, not normalised) on the CPU, batch by batch."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device, features = _model_device(model), []
+    starts = range(0, len(texts), batch_size)
+    with torch.no_grad():
+        for start in progress_bar(starts, len(starts), "encoding texts", progress):
+            encoded = _to_device(processor(text=list(texts[start : start + batch_size])), device)
+            output = model.get_text_features(input_ids=encoded["input_ids"], attention_mask=encoded.get("attention_mask"))
+            features.append(_features(output, "text").float().cpu())
+    return torch.cat(features)
+
+
 def _flatten_captions(dataset: Any, languages: Sequence[str] | None) -> tuple[list[str], list[int], list[str]]:
     texts, image_ids, text_languages = [], [], []
     for row, captions in enumerate(dataset.select_columns(["captions"])["captions"]):
@@ -104,31 +148,16 @@ def evaluate_retrieval(
     texts, text_image_ids, text_languages = _flatten_captions(dataset, languages)
     if not texts:
         raise ValueError(f"the dataset has no caption in the languages {list(languages or [])}")
-    device = _model_device(model)
     was_training = model.training
     model.eval()
-    images_only = dataset.select_columns(["image"])
     try:
         with torch.no_grad():
-            image_chunks, token_chunks = [], []
-            starts = range(0, len(dataset), batch_size)
-            for start in progress_bar(starts, len(starts), "encoding images", progress):
-                # The processor converts every image mode itself (RGBA composited as in training); a bare
-                # convert("RGB") here would turn transparent backgrounds black and evaluate other images.
-                images = images_only[start : start + batch_size]["image"]
-                pixel_values = _to_device(processor(images=images), device)["pixel_values"]
-                image_chunks.append(_features(model.get_image_features(pixel_values=pixel_values), "image").float().cpu())
-                if rerank_top_k:
-                    token_chunks.append(model.get_image_tokens(pixel_values=pixel_values).cpu())
-            text_chunks = []
-            starts = range(0, len(texts), batch_size)
-            for start in progress_bar(starts, len(starts), "encoding texts", progress):
-                encoded = _to_device(processor(text=texts[start : start + batch_size]), device)
-                output = model.get_text_features(input_ids=encoded["input_ids"], attention_mask=encoded.get("attention_mask"))
-                text_chunks.append(_features(output, "text").float().cpu())
+            encoded_images = encode_images(model, processor, dataset, batch_size, progress, with_tokens=bool(rerank_top_k))
+            image_features, image_tokens = encoded_images if rerank_top_k else (encoded_images, None)
+            text_features = encode_texts(model, processor, texts, batch_size, progress)
             ranks = compute_retrieval_ranks(
-                torch.cat(image_chunks),
-                torch.cat(text_chunks),
+                image_features,
+                text_features,
                 np.asarray(text_image_ids),
                 text_languages,
                 languages=languages,
@@ -137,7 +166,7 @@ def evaluate_retrieval(
                 progress=progress,
             )
             if rerank_top_k:
-                image_tokens = torch.cat(token_chunks)
+                device = _model_device(model)
                 kept_texts = [texts[i] for i in ranks.text_indices]
 
                 def pair_scores(image_idx: np.ndarray, text_idx: np.ndarray) -> torch.Tensor:

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, Image, Value, concatenate_datasets, load_from_disk
 
+from . import retrieval
 from .dataset_schema import CCR_FEATURES
 from .loaders import _IMAGE_EXTENSIONS, load_ccr_dataset
-from .retrieval import _features, _model_device, _progress, _to_device
 
 INDEX_KINDS = ("flat", "ivf", "hnsw")
 INFO_FILE = "index_info.json"
@@ -198,39 +198,21 @@ def load_gallery(gallery: str | Path | None = None, split: str | None = None) ->
 # ----------------------------------------------------------------------------------------------- encoding
 
 
-def _normalised(chunks: list[torch.Tensor]) -> np.ndarray:
-    features = torch.nn.functional.normalize(torch.cat(chunks).float(), dim=-1)
+def _normalised(features: torch.Tensor) -> np.ndarray:
+    features = torch.nn.functional.normalize(features.float(), dim=-1)
     return np.ascontiguousarray(features.numpy(), dtype=np.float32)
 
 
 def encode_images(model: Any, processor: Any, images: Sequence[Any] | Dataset, batch_size: int = 64,
                   progress: bool = False) -> np.ndarray:
-    """(N, D) float32 unit vectors of ``images``: a list (PIL, paths, arrays) or a Dataset with an ``image``
-    column, decoded batch by batch so that a large gallery is never in memory at once."""
-    device, chunks = _model_device(model), []
-    if isinstance(images, Dataset):
-        images = images.select_columns(["image"])
-    starts = range(0, len(images), batch_size)
-    with torch.no_grad():
-        for start in _progress(starts, len(starts), "encoding images", progress):
-            batch = images[start:start + batch_size]
-            batch = batch["image"] if isinstance(batch, dict) else list(batch)
-            pixels = _to_device(processor(images=batch), device)["pixel_values"]
-            chunks.append(_features(model.get_image_features(pixel_values=pixels), "image").cpu())
-    return _normalised(chunks)
+    """(N, D) float32 unit vectors of ``images`` (see :func:`modeling_ccr.retrieval.encode_images`)."""
+    return _normalised(retrieval.encode_images(model, processor, images, batch_size, progress))
 
 
 def encode_texts(model: Any, processor: Any, texts: Sequence[str], batch_size: int = 256,
                  progress: bool = False) -> np.ndarray:
     """(T, D) float32 unit vectors of ``texts``."""
-    device, chunks = _model_device(model), []
-    starts = range(0, len(texts), batch_size)
-    with torch.no_grad():
-        for start in _progress(starts, len(starts), "encoding captions", progress):
-            encoded = _to_device(processor(text=list(texts[start:start + batch_size])), device)
-            output = model.get_text_features(input_ids=encoded["input_ids"], attention_mask=encoded.get("attention_mask"))
-            chunks.append(_features(output, "text").cpu())
-    return _normalised(chunks)
+    return _normalised(retrieval.encode_texts(model, processor, texts, batch_size, progress))
 
 
 def _caption_rows(gallery: Dataset) -> dict[str, list]:
