@@ -14,7 +14,49 @@ _DEFAULT_MAX_LENGTH = 512
 _MODALITY_OWNERS = {"text_kwargs": "tokenizer", "images_kwargs": "image_processor"}
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+# How pixel values of each type are read (one rule per type, like `do_rescale` in transformers' image processors;
+# nothing is stretched by an image's own maximum, and what is ambiguous is refused):
+#   uint8 (and PIL "L", "RGB", ...) ........ 0..255 as is
+#   bool ...................................... False/True -> 0/255
+#   uint16 (and PIL "I;16*") ................. full 16-bit range 0..65535, scaled by 255/65535
+#   other integers (int8..int64, uint32, PIL "I") values must lie in 0..255 (8-bit values in a wider type)
+#   floats (float16/32/64, PIL "F") ........... values must lie in [0, 1] (scaled by 255); a rounding overshoot
+#                                               of at most half an 8-bit step is clipped
+FLOAT_TOLERANCE = 0.5 / 255.0
+
+
+def _to_uint8(array: np.ndarray, where: str) -> np.ndarray:
+    """Pixel values of any supported dtype -> uint8 by the table above, or a ValueError naming the problem."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if array.size == 0:
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError(f"{where}: pixel values hold NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < -FLOAT_TOLERANCE or high > 1.0 + FLOAT_TOLERANCE:
+            raise ValueError(
+                f"{where}: float pixel values must lie in [0, 1], got [{low:.4g}, {high:.4g}] (for 0..255 values "
+                "divide by 255 or pass uint8; for [-1, 1] values map them with (x + 1) / 2)"
+            )
+        return (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    if array.dtype == np.uint16:
+        return (array.astype(np.float64) * (255.0 / 65535.0)).round().astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer):
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"{where}: {array.dtype} pixel values must lie in 0..255 (8-bit values), got {low}..{high} "
+                "(16-bit images: pass uint16, which is read over its full range)"
+            )
+        return array.astype(np.uint8)
+    raise TypeError(f"{where}: unsupported pixel dtype {array.dtype}")
+
+
+def _to_rgb(image: Image.Image, where: str = "image") -> Image.Image:
     """Any PIL mode -> RGB; transparent pixels (RGBA, LA, P with transparency) become white, not black."""
     if image.mode == "RGB":
         return image
@@ -22,16 +64,19 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # high bit-depth grey: scale to 8 bits first
-        array = np.asarray(image, dtype=np.float64)
-        top = array.max() if array.size and array.max() > 0 else 1.0
-        return Image.fromarray((array / top * 255.0).round().astype(np.uint8)).convert("RGB")
+    if image.mode.startswith("I;16"):  # 16-bit grey, read over its full range
+        array = np.asarray(image).astype(np.uint16)
+        return Image.fromarray(_to_uint8(array, where)).convert("RGB")
+    if image.mode in ("I", "F"):  # 32-bit int / float grey: the integer and float rules of the table
+        return Image.fromarray(_to_uint8(np.asarray(image), where)).convert("RGB")
     return image.convert("RGB")
 
 
-def _array_to_pil(array: np.ndarray, index: int) -> Image.Image:
-    """(H, W), (H, W, C) or (C, H, W) with C in 1/3/4; uint8, or floats in [0, 1]."""
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+def _array_to_pil(array: np.ndarray, index: int, channels_first: bool = False) -> Image.Image:
+    """(H, W), (H, W, C) or (C, H, W) with C in 1/3/4, pixel values read by the table above. A shape that reads
+    both ways ((3, 4, 4)) is channels-last for numpy (PIL's layout) and channels-first for torch tensors."""
+    leading = array.ndim == 3 and array.shape[0] in (1, 3, 4)
+    if leading and (channels_first or array.shape[-1] not in (1, 3, 4)):
         array = np.moveaxis(array, 0, -1)
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
         raise ValueError(
@@ -40,20 +85,12 @@ def _array_to_pil(array: np.ndarray, index: int) -> Image.Image:
         )
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"image {index}: zero-size image (array shape {array.shape})")
-    if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    elif np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array).all():
-            raise ValueError(f"image {index}: array holds NaN or infinite values")
-        scale = 255.0 if array.max() <= 1.0 else 1.0
-        array = np.clip(array * scale, 0, 255).round().astype(np.uint8)
-    elif np.issubdtype(array.dtype, np.integer):
-        array = np.clip(array, 0, 255).astype(np.uint8)
-    else:
+    if not (array.dtype == bool or np.issubdtype(array.dtype, np.number)) or np.issubdtype(array.dtype, np.complexfloating):
         raise TypeError(f"image {index}: unsupported array dtype {array.dtype}")
+    array = _to_uint8(array, f"image {index}")
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
-    return Image.fromarray(array)
+    return Image.fromarray(np.ascontiguousarray(array))
 
 
 def _open_bytes(data: bytes, index: int, what: str) -> Image.Image:
@@ -89,7 +126,8 @@ def load_image(image: Any, index: int = 0) -> Image.Image:
         with open(path, "rb") as handle:
             image = _open_bytes(handle.read(), index, f"image file {path!r}")
     elif isinstance(image, torch.Tensor):
-        image = _array_to_pil(image.detach().cpu().numpy(), index)
+        tensor = image.detach().cpu()
+        image = _array_to_pil((tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy(), index, True)
     elif isinstance(image, np.ndarray):
         image = _array_to_pil(image, index)
     elif image is None:
@@ -103,9 +141,9 @@ def load_image(image: Any, index: int = 0) -> Image.Image:
         raise ValueError(f"image {index}: zero-size image ({image.width}x{image.height})")
     try:
         image.load()
-        return _to_rgb(image)
     except (OSError, ValueError, SyntaxError) as err:
         raise ValueError(f"image {index}: cannot decode image ({type(err).__name__}: {err})") from err
+    return _to_rgb(image, f"image {index}")
 
 
 def _caption_text(caption: Any, image_index: int, caption_index: int) -> tuple[str, str | None]:

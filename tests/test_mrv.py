@@ -79,3 +79,49 @@ def test_type_errors_and_unknown_variant():
         validate_ranks("1 2 3")
     with pytest.raises(ValueError, match="variant"):
         mean_rank_variance([[1, 2]], variant="mean")
+
+
+# ------------------------------------------------------------------ property-based (hypothesis)
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_rank = st.one_of(st.none(), st.integers(1, 10**6))
+_tables = st.integers(1, 6).flatmap(lambda k: st.lists(st.lists(_rank, min_size=k, max_size=k), min_size=1, max_size=30))
+
+
+@settings(max_examples=80, deadline=None)
+@given(_tables, st.sampled_from(["variance", "std"]))
+def test_any_rank_table_matches_the_direct_computation(rows, variant):
+    result = compute_mrv(rows, variant)
+    expected = _naive_mrv(rows, variant)
+    if math.isnan(expected):
+        assert math.isnan(result["mrv"]) and result["num_instances"] == 0
+    else:
+        assert result["mrv"] == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    assert result["num_instances"] + result["num_excluded"] == len(rows)
+
+
+@settings(max_examples=50, deadline=None)
+@given(_tables, st.randoms(use_true_random=False), st.integers(0, 1000))
+def test_language_order_and_a_shift_of_every_rank_change_nothing(rows, rnd, shift):
+    order = list(range(len(rows[0])))
+    rnd.shuffle(order)
+    permuted = [[row[i] for i in order] for row in rows]
+    shifted = [[None if v is None else v + shift for v in row] for row in rows]
+    base = compute_mrv(rows)["mrv"]
+    for other in (permuted, shifted):
+        value = compute_mrv(other)["mrv"]
+        assert (math.isnan(base) and math.isnan(value)) or value == pytest.approx(base, rel=1e-9, abs=1e-6)
+
+
+@settings(max_examples=50, deadline=None)
+@given(_tables, st.data())
+def test_an_invalid_entry_anywhere_is_a_clear_error(rows, data):
+    bad = data.draw(st.sampled_from([0, -3, 1.5, math.inf, "1", True, [1]]))
+    row = data.draw(st.integers(0, len(rows) - 1))
+    column = data.draw(st.integers(0, len(rows[0]) - 1))
+    rows = [list(r) for r in rows]
+    rows[row][column] = bad
+    with pytest.raises((ValueError, TypeError), match=r"rank|number|ranks"):
+        compute_mrv(rows)
