@@ -61,7 +61,7 @@ def load_card_results(folder: Path) -> RetrievalResults:
 
 def _card_datasets(dataset: str | None) -> list[str] | None:
     """The card's `datasets:` entry: the embedded EmojiCCR, or a Hub dataset id; a local path is left out."""
-    if dataset in (None, EMOJI_DATASET_NAME):
+    if dataset in (None, EMOJI_DATASET_NAME, "emoji_ccr", "emoji"):
         return ["emoji_ccr"]
     return [dataset] if re.fullmatch(r"[\w.-]+/[\w.-]+", dataset) and not Path(dataset).exists() else None
 
