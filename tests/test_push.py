@@ -22,6 +22,7 @@ from _push_helpers import (
 )
 from huggingface_hub import ModelCard, snapshot_download
 
+from modeling_ccr.cli import run_cli
 from modeling_ccr.publishing import (
     IncompleteFolderError,
     InvalidRepoIdError,
@@ -64,7 +65,7 @@ def plain_folder(tmp_path):
 
 
 def _cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = push_cli.main(list(args))
+    code = run_cli(push_cli.main, list(args))
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -235,7 +236,7 @@ def test_incomplete_folder_is_refused_with_the_list_and_nothing_sent(user_env, p
     (plain_folder / "model.safetensors").unlink()
     (plain_folder / "tokenizer_config.json").unlink()
     code, out, err = _cli(capsys, str(plain_folder), "--repo-id", "ns/tiny")
-    assert code == 1 and "is incomplete" in err
+    assert code == 2 and "is incomplete" in err
     assert "  - model.safetensors" in err and "  - tokenizer_config.json" in err
     assert user_env.requests == []
     with pytest.raises(IncompleteFolderError) as info:
@@ -245,7 +246,7 @@ def test_incomplete_folder_is_refused_with_the_list_and_nothing_sent(user_env, p
 
 def test_bad_repo_id_is_refused_before_any_request(user_env, plain_folder, capsys):
     code, _, err = _cli(capsys, str(plain_folder), "--repo-id", "tiny-without-namespace")
-    assert code == 1 and "invalid repo id 'tiny-without-namespace'" in err and "NAMESPACE/NAME" in err
+    assert code == 2 and "invalid repo id 'tiny-without-namespace'" in err and "NAMESPACE/NAME" in err
     assert user_env.requests == []
 
 
@@ -280,7 +281,7 @@ def test_metric_dry_run_uploads_symlink_contents_and_adds_app(user_env, tmp_path
 def test_metric_space_name_must_match_the_script(user_env, tmp_path, capsys):
     folder = write_test_metric_folder(tmp_path / "metrics")
     code, _, err = _cli(capsys, "--metric", str(folder), "--repo-id", "ns/other-name")
-    assert code == 1 and "use ns/mrv" in err and user_env.requests == []
+    assert code == 2 and "use ns/mrv" in err and user_env.requests == []
 
 
 def test_metric_published_as_space_computes_with_evaluate_load_in_a_fresh_process(hub, tmp_path):
