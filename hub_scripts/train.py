@@ -336,6 +336,9 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
     if resume:
         check_checkpoint_run(resume, arguments)
     training_args.resume_from_checkpoint = resume
+    tokenizer = model_args.tokenizer
+    if tokenizer and tokenizer.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(tokenizer)):
+        raise FileNotFoundError(f"--tokenizer {tokenizer} is not a folder")
     splits = load_splits(data_args, training_args.seed)
     train = splits[data_args.train_split]
     languages = sorted(train.languages) if hasattr(train, "languages") else dataset_languages(train)
@@ -351,9 +354,6 @@ def run(prepared: PreparedRun) -> dict:
     """Train, evaluate on the test split, write the Hub-ready folder; returns the evaluation results."""
     model_args, data_args, training_args = prepared.model_args, prepared.data_args, prepared.training_args
     hf_logging.set_verbosity_warning()
-    # The first write of the run: the folder becomes this run's (the old run removed only with --overwrite_output_dir).
-    if _is_main_process():
-        claim_run_folder(prepared.run_dir, prepared.arguments, overwrite=training_args.overwrite_output_dir)
     (vision_config, vision_path), (text_config, text_path) = prepared.vision, prepared.text
     train_split = prepared.splits[data_args.train_split]
     torch.manual_seed(training_args.seed)
@@ -362,6 +362,10 @@ def run(prepared: PreparedRun) -> dict:
     eval_split = prepared.splits.get(data_args.eval_split) if data_args.eval_split else None
     if eval_split is None:
         training_args.eval_strategy = "no"
+    # The first write of the run, once everything is built: the folder becomes this run's (the old run is removed
+    # only with --overwrite_output_dir).
+    if _is_main_process():
+        claim_run_folder(prepared.run_dir, prepared.arguments, overwrite=training_args.overwrite_output_dir)
     trainer = CCRTrainer(
         model=model,
         args=training_args,

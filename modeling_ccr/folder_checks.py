@@ -36,7 +36,11 @@ class IncompleteFolderError(PublishError, ValueError):
 
     def __init__(self, folder: Path, missing: list[str], what: str = "model folder"):
         self.missing = list(missing)
-        super().__init__(f"{what} {folder} is incomplete; missing or invalid:\n" + "\n".join(f"  - {m}" for m in missing))
+        if len(self.missing) == 1:  # one problem: named on the one line
+            super().__init__(f"{what} {folder} is refused: {self.missing[0]}")
+        else:
+            super().__init__(f"{what} {folder} is incomplete; missing or invalid:\n"
+                             + "\n".join(f"  - {m}" for m in missing))
 
 
 def validate_repo_id(repo_id: str) -> str:

@@ -23,6 +23,9 @@ CHECKPOINT_RUN_FILE = "ccr_run.json"
 STAGING_PREFIX = ".model-"
 # What a run writes into its folder: the only names overwriting removes.
 RUN_ENTRIES = ("model", "checkpoints", "runs", RUN_FILE)
+# What makes a folder hold a run worth protecting: a model or a checkpoint (a run stopped before either left
+# only its run.json and logs, and the folder is simply taken over).
+HELD_ENTRIES = ("model", "checkpoints")
 
 # The training arguments that decide the trajectory (with all model arguments and the training data's):
 # the rest (output paths, logging, evaluation, epochs to go) may change when a run is resumed.
@@ -81,7 +84,7 @@ def check_run_folder(run_dir: Path, arguments: dict[str, Any], *, resume: bool, 
     """Refuse a folder that holds another run (nothing is written or removed here; see :func:`claim_run_folder`)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"--output_dir {run_dir} is a file, not a folder")
-    held = [name for name in RUN_ENTRIES if (run_dir / name).exists()]
+    held = [name for name in HELD_ENTRIES if (run_dir / name).is_dir() and any((run_dir / name).iterdir())]
     if not held or overwrite:
         return
     if not resume:

@@ -27,6 +27,7 @@ def work(tmp_path_factory) -> Path:
     (work / "index").mkdir()
     held = work / "held"  # a folder holding another run
     (held / "model").mkdir(parents=True)
+    (held / "model" / "config.json").write_text("{}")
     (held / "run.json").write_text(json.dumps({"run_id": "0123456789abcdef", "arguments": {"training.seed": 1}}))
     (held / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     (held / "checkpoints" / "checkpoint-2" / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
@@ -74,7 +75,7 @@ ROWS = [
     (T, ["--resume_from_checkpoint", "no/such/checkpoint-5", *RUN], 2, "no/such/checkpoint-5 does not exist"),
     (T, ["--resume_from_checkpoint", "last", *RUN], 2, "no complete checkpoint in out/checkpoints"),
     (T, ["--resume_from_checkpoint", "last", "--overwrite_output_dir", *RUN], 2, "contradict each other"),
-    (T, ["--output_dir", "held"], 2, "already holds a run (model, checkpoints, run.json)"),
+    (T, ["--output_dir", "held"], 2, "already holds a run (model, checkpoints)"),
     (T, ["--output_dir", "held", "--resume_from_checkpoint", "last"], 2, "holds a run with other arguments"),
     (T, ["--output_dir", "file.txt"], 2, "file.txt is a file"),
     (E, ["model", "--batch-size", "0"], 2, "--batch-size must be > 0"),

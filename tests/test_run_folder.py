@@ -44,6 +44,7 @@ def test_a_folder_holding_a_run_is_refused_unless_overwritten(tmp_path):
 
 def test_resume_only_with_the_same_arguments(tmp_path):
     claim_run_folder(tmp_path, ARGS, overwrite=False)
+    (tmp_path / "checkpoints" / "checkpoint-2").mkdir(parents=True)
     check_run_folder(tmp_path, ARGS, resume=True, overwrite=False)
     with pytest.raises(ValueError, match="other arguments .*seed 42 -> 7"):
         check_run_folder(tmp_path, OTHER, resume=True, overwrite=False)
@@ -60,6 +61,12 @@ def test_a_checkpoint_of_another_run_is_never_resumed(tmp_path):
     check_checkpoint_run(checkpoint, ARGS)
     with pytest.raises(ValueError, match="belongs to another run"):
         check_checkpoint_run(checkpoint, OTHER)
+
+
+def test_a_run_stopped_before_any_checkpoint_does_not_hold_the_folder(tmp_path):
+    claim_run_folder(tmp_path, ARGS, overwrite=False)
+    (tmp_path / "runs").mkdir()
+    check_run_folder(tmp_path, OTHER, resume=False, overwrite=False)
 
 
 def test_staging_leftovers_are_removed_when_the_folder_is_claimed(tmp_path):
