@@ -47,7 +47,6 @@ from modeling_ccr.run_folder import (  # noqa: E402
 from modeling_ccr.trainer import (  # noqa: E402
     CCRTrainer,
     CCRTrainingArguments,
-    discard_incomplete_checkpoints,
     is_complete_checkpoint,
     last_complete_checkpoint,
 )
@@ -375,13 +374,7 @@ def run(prepared: PreparedRun) -> dict:
         languages=prepared.languages,
         callbacks=[RunIdentityCallback(prepared.arguments)],
     )
-    try:
-        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    except OSError:
-        # A full disk (or any write error) while saving: no half-written checkpoint is left to trip a resume.
-        if trainer.is_world_process_zero():
-            discard_incomplete_checkpoints(training_args.output_dir)
-        raise
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
     from modeling_ccr.retrieval import evaluate_retrieval
 

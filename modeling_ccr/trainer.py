@@ -325,6 +325,14 @@ class CCRTrainer(Trainer):
             )
         return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
 
+    def _save_checkpoint(self, model, trial) -> None:
+        """Trainer's, but a failed write (a full disk) leaves no half-written checkpoint for a resume to trip over."""
+        try:
+            super()._save_checkpoint(model, trial)
+        except OSError:
+            self._discard_incomplete_checkpoints()
+            raise
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Load a checkpoint's weights through ``from_pretrained``, strictly.
 

@@ -70,6 +70,25 @@ def test_a_learning_rate_that_makes_the_loss_nan_stops_training_naming_the_step(
         trainer.train()
 
 
+def test_a_full_disk_while_saving_leaves_no_half_written_checkpoint(tmp_path, tiny_data, monkeypatch):
+    import errno
+
+    dataset, processor = tiny_data
+    model = tiny_model(processor, seed=0)
+
+    def full_disk(folder, *args, **kwargs):
+        (Path(folder) / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(folder) / "model.safetensors"))
+
+    monkeypatch.setattr(model, "save_pretrained", full_disk)
+    args = _args(tmp_path, max_steps=2, save_strategy="steps", save_steps=1)
+    trainer = CCRTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
+    with pytest.raises(OSError) as info:
+        trainer.train()
+    assert info.value.errno == errno.ENOSPC
+    assert not [name for name in os.listdir(args.output_dir) if name.startswith("checkpoint-")]
+
+
 def test_resume_true_without_a_checkpoint_is_an_error(tmp_path, tiny_data):
     dataset, processor = tiny_data
     trainer = CCRTrainer(model=tiny_model(processor), args=_args(tmp_path), train_dataset=dataset,
