@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from modeling_ccr.cli import check_model_source, check_positive, run_cli  # noqa: E402
+from modeling_ccr.dataset_schema import dataset_languages, select_languages  # noqa: E402
 from modeling_ccr.results import RetrievalResults  # noqa: E402
 from modeling_ccr.results import dataset_name as results_dataset_name  # noqa: E402
 from modeling_ccr.retrieval import evaluate_retrieval  # noqa: E402
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     check_model_source(args.model_dir)
     # The data first: a bad dataset argument fails before the model is loaded.
     dataset = load_dataset_arg(args.dataset, args.split, args.image_root, args.languages)
+    select_languages(dataset_languages(dataset), args.languages, f"{args.dataset} ({args.split})")
     model, processor = load_model(args.model_dir, args.device)
     local = Path(args.model_dir)
     output_dir = args.output_dir or (local / "eval" if local.is_dir() else Path("eval"))

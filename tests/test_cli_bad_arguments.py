@@ -84,6 +84,7 @@ ROWS = [
     (E, ["file.txt"], 2, "model file.txt is a file"),
     (E, ["not_a_model"], 2, "not_a_model has no config.json"),
     (E, ["model", "--split", "bogus"], 2, "unknown EmojiCCR split 'bogus'"),
+    (E, ["model", "--languages", "en", "xx"], 2, "unknown language(s) ['xx'] for emoji (test)"),
     (P, ["model", "--repo-id", "no-namespace"], 2, "invalid repo id 'no-namespace'"),
     (P, [".model-x1y2", "--repo-id", "ns/m"], 2, "is a temporary folder"),
     (P, ["empty", "--repo-id", "ns/m"], 2, "model.safetensors: empty (0 bytes)"),
