@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tqdm.auto import tqdm  # noqa: E402
 
 from modeling_ccr.cli import check_model_source, run_cli  # noqa: E402
+from modeling_ccr.dataset_schema import select_languages  # noqa: E402
 from modeling_ccr.emoji_dataset import EMOJI_CCR_LANGUAGES, load_emoji_ccr  # noqa: E402
 from modeling_ccr.processing_ccr import load_image  # noqa: E402
 
@@ -100,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=None, help="default: <model>/zero_shot_results.json (./ for a repo id)")
     args = parser.parse_args(argv)
     check_model_source(args.model)
-    unknown = sorted(set(args.languages) - set(EMOJI_CCR_LANGUAGES))
-    if unknown:
-        raise ValueError(f"unknown language(s) {unknown} for EmojiCCR; expected some of {list(EMOJI_CCR_LANGUAGES)}")
+    select_languages(EMOJI_CCR_LANGUAGES, args.languages, "EmojiCCR")
     load_emoji_ccr(args.split)  # an unknown split fails here, before the model is loaded
     results = run(args.model, args.split, args.languages, args.device)
     for setting in next(iter(results["results"].values())):
