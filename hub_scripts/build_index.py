@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from modeling_ccr.cli import check_model_source, check_positive, run_cli  # noqa: E402
 from modeling_ccr.search import INDEX_KINDS, IndexSpec, build_index, load_gallery, load_model  # noqa: E402
 
 
@@ -46,19 +47,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        spec = IndexSpec(args.index_kind, args.nlist, args.nprobe, args.ef_search)
-        if Path(args.out).exists() and not args.overwrite:
-            raise FileExistsError(f"{args.out} already exists (pass --overwrite to replace it)")
-        gallery = load_gallery(args.gallery, args.split)
-        model, processor = load_model(args.model, args.device)
-        out = build_index(model, processor, gallery, args.out, spec, model_name=args.model,
-                          batch_size=args.batch_size, progress=not args.no_progress, overwrite=args.overwrite)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, OSError) as error:
-        raise SystemExit(f"error: {error}") from None
+    check_positive(batch_size=args.batch_size, nlist=args.nlist, nprobe=args.nprobe, ef_search=args.ef_search)
+    spec = IndexSpec(args.index_kind, args.nlist, args.nprobe, args.ef_search)
+    if Path(args.out).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} already exists (pass --overwrite to replace it)")
+    check_model_source(args.model)
+    gallery = load_gallery(args.gallery, args.split)
+    model, processor = load_model(args.model, args.device)
+    out = build_index(model, processor, gallery, args.out, spec, model_name=args.model,
+                      batch_size=args.batch_size, progress=not args.no_progress, overwrite=args.overwrite)
     print(f"indexed {len(gallery)} images ({args.index_kind}) into {out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from modeling_ccr.cli import run_cli  # noqa: E402
 from modeling_ccr.objectives import LOSS_TYPES as OBJECTIVES  # noqa: E402
 from modeling_ccr.results import RetrievalResults, render_table  # noqa: E402
 
@@ -40,7 +41,8 @@ def run(objective: str, seed: int, output: Path, epochs: float, extra: list[str]
         ]
         completed = subprocess.run(command, capture_output=True, text=True)
         if completed.returncode != 0:
-            raise SystemExit(f"run {objective} seed {seed} failed:\n{completed.stderr[-3000:]}")
+            last = (completed.stderr.strip().splitlines() or ["(no message)"])[-1]
+            raise RuntimeError(f"run {objective} seed {seed} failed (exit {completed.returncode}): {last}")
     return RetrievalResults.from_json(results)
 
 
@@ -76,15 +78,20 @@ def summarise(results: dict[str, list[RetrievalResults]]) -> tuple[str, dict]:
     return "\n".join(lines) + "\n", {k: {c: list(v) for c, v in row.items()} for k, row in summary.items()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path("outputs/compare"), help="folder for all runs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
     parser.add_argument("--num_train_epochs", type=float, default=15.0, help="the same budget for every run")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="-- then options passed to train.py")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    if not args.num_train_epochs > 0:
+        parser.error(f"--num_train_epochs must be > 0, got {args.num_train_epochs}")
+    reserved = {"--loss_type", "--seed", "--output_dir", "--num_train_epochs"} & {a.split("=")[0] for a in extra}
+    if reserved:
+        parser.error(f"{', '.join(sorted(reserved))} are set per run by this script; do not pass them to train.py")
     results: dict[str, list[RetrievalResults]] = {objective: [] for objective in args.objectives}
     jobs = [(objective, seed) for seed in args.seeds for objective in args.objectives]
     for objective, seed in tqdm(jobs, desc="runs"):
@@ -97,4 +104,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

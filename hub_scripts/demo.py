@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from modeling_ccr.cli import check_model_source, run_cli  # noqa: E402
 from modeling_ccr.search import GallerySearch, build_index, load_gallery, load_model  # noqa: E402
 from modeling_ccr.search_demo import build_demo, export_space, launch  # noqa: E402
 
@@ -59,19 +60,22 @@ def open_search(args: argparse.Namespace) -> GallerySearch:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        search = open_search(args)
-        if args.export_space:
-            from tools.list_requirements import requirements
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    if args.index is not None and not Path(args.index).is_dir():
+        raise FileNotFoundError(f"index folder {args.index} does not exist (write one with build_index.py)")
+    if args.model:
+        check_model_source(args.model)
+    search = open_search(args)
+    if args.export_space:
+        from tools.list_requirements import requirements
 
-            out = export_space(search, args.export_space, ROOT / "modeling_ccr", requirements(dev=False))
-            print(f"wrote the Space files to {out}")
-            return 0
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, OSError) as error:
-        raise SystemExit(f"error: {error}") from None
+        out = export_space(search, args.export_space, ROOT / "modeling_ccr", requirements(dev=False))
+        print(f"wrote the Space files to {out}")
+        return 0
     launch(build_demo(search), args.host, args.port)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

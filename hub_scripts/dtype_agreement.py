@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from modeling_ccr.cli import check_model_source, run_cli  # noqa: E402
 from modeling_ccr.emoji_dataset import load_emoji_ccr  # noqa: E402
 from modeling_ccr.retrieval import evaluate_retrieval  # noqa: E402
 
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default=None, help="default: <model>/dtype_agreement.json (./ for a repo id)")
     args = parser.parse_args(argv)
+    check_model_source(args.model)
+    load_emoji_ccr(args.split)  # an unknown split fails here, before the model is loaded
     result = agreement(args.model, args.split, args.device)
     print(json.dumps(result, indent=2))
     local = Path(args.model)
@@ -71,4 +74,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

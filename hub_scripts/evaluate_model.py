@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from modeling_ccr.cli import check_model_source, check_positive, run_cli  # noqa: E402
+from modeling_ccr.dataset_schema import dataset_languages, select_languages  # noqa: E402
 from modeling_ccr.results import RetrievalResults  # noqa: E402
 from modeling_ccr.results import dataset_name as results_dataset_name  # noqa: E402
 from modeling_ccr.retrieval import evaluate_retrieval  # noqa: E402
@@ -97,8 +99,14 @@ def run_evaluation(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    model, processor = load_model(args.model_dir, args.device)
+    check_positive(batch_size=args.batch_size)
+    if args.rerank_top_k < 0:
+        raise ValueError(f"--rerank-top-k must be >= 0, got {args.rerank_top_k}")
+    check_model_source(args.model_dir)
+    # The data first: a bad dataset argument fails before the model is loaded.
     dataset = load_dataset_arg(args.dataset, args.split, args.image_root, args.languages)
+    select_languages(dataset_languages(dataset), args.languages, f"{args.dataset} ({args.split})")
+    model, processor = load_model(args.model_dir, args.device)
     local = Path(args.model_dir)
     output_dir = args.output_dir or (local / "eval" if local.is_dir() else Path("eval"))
     run_evaluation(
@@ -111,4 +119,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

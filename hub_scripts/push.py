@@ -7,7 +7,8 @@
 The folder is checked before anything is sent; the whole folder goes up as one commit. The commit hash
 printed at the end is what users should pin with `revision=` (trust_remote_code runs the repository's
 code). The token comes from HF_TOKEN or the cached login and is never printed. HF_ENDPOINT selects
-another Hub endpoint. Exit status: 0 on success, 1 on any failure (one-line message on stderr).
+another Hub endpoint. Exit status: 0 on success, 2 when the folder or an argument is refused, 1 for any other failure (one-line
+message on stderr; --debug or CCR_DEBUG=1 shows the traceback).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modeling_ccr.hub_upload import PublishError, PushResult, push_metric, push_model  # noqa: E402
+from modeling_ccr.cli import run_cli  # noqa: E402
+from modeling_ccr.hub_upload import PushResult, push_metric, push_model  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,17 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     # HF_ENDPOINT is read here, not only when huggingface_hub is imported, so callers can set it late.
     common = dict(private=args.private, revision=args.revision, commit_message=args.commit_message,
                   dry_run=args.dry_run, endpoint=os.environ.get("HF_ENDPOINT"))
-    try:
-        if args.metric:
-            result = push_metric(args.metric, args.repo_id, **common)
-        else:
-            result = push_model(args.model_dir, args.repo_id, template=args.template, **common)
-    except (PublishError, FileNotFoundError, ValueError) as err:
-        print(f"push.py: error: {err}", file=sys.stderr)
-        return 1
+    if args.metric:
+        result = push_metric(args.metric, args.repo_id, **common)
+    else:
+        result = push_model(args.model_dir, args.repo_id, template=args.template, **common)
     print(report(result))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from modeling_ccr.cli import check_model_source, check_positive, run_cli  # noqa: E402
 from modeling_ccr.search import GallerySearch, format_hits, load_model  # noqa: E402
 
 
@@ -39,21 +40,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        model, processor = load_model(args.model, args.device) if args.model else (None, None)
-        search = GallerySearch(args.index, model, processor, device=args.device)
-        search.set_search_parameters(args.nprobe, args.ef_search)
-        is_image = Path(args.query).is_file()
-        if (args.captions or args.languages or args.per_language) and not is_image:
-            raise ValueError(f"--captions needs an image file as the query; {args.query!r} is not a file")
-        if args.captions or args.languages or args.per_language:
-            hits = search.search_captions(args.query, args.k, args.languages, args.per_language)
-        elif is_image:
-            hits = search.search_image(args.query, args.k)
-        else:
-            hits = search.search_text(args.query, args.k)
-    except (ValueError, TypeError, FileNotFoundError, OSError) as error:
-        raise SystemExit(f"error: {error}") from None
+    check_positive(k=args.k, nprobe=args.nprobe, ef_search=args.ef_search)
+    if not Path(args.index).is_dir():
+        raise FileNotFoundError(f"index folder {args.index} does not exist (write one with build_index.py)")
+    is_image = Path(args.query).is_file()
+    if (args.captions or args.languages or args.per_language) and not is_image:
+        raise ValueError(f"--captions needs an image file as the query; {args.query!r} is not a file")
+    if args.model:
+        check_model_source(args.model)
+    model, processor = load_model(args.model, args.device) if args.model else (None, None)
+    search = GallerySearch(args.index, model, processor, device=args.device)
+    search.set_search_parameters(args.nprobe, args.ef_search)
+    if args.captions or args.languages or args.per_language:
+        hits = search.search_captions(args.query, args.k, args.languages, args.per_language)
+    elif is_image:
+        hits = search.search_image(args.query, args.k)
+    else:
+        hits = search.search_text(args.query, args.k)
     if args.json:
         kind = "captions" if args.captions or args.languages or args.per_language else "images"
         print(json.dumps({"query": args.query, "query_kind": "image" if is_image else "text", "results": kind,
@@ -64,4 +67,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -10,6 +10,8 @@ Output (``--output_dir``, default ``outputs/emoji-ccr``):
                   tokenizer, processor_config.json, README.md (model card), eval_results.json, report.png
     checkpoints/  Trainer checkpoints (resume with --resume_from_checkpoint last)
     runs/         TensorBoard logs
+    run.json      the run's identity (the arguments that decide what is trained); a folder holding a run is
+                  reused only with --overwrite_output_dir, or resumed with the same arguments
 """
 
 from __future__ import annotations
@@ -29,11 +31,25 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy, Scheduler
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from modeling_ccr import CCRConfig, CCRModel, CCRProcessor  # noqa: E402
+from modeling_ccr.cli import run_cli  # noqa: E402
 from modeling_ccr.dataset_schema import check_ccr_dataset, dataset_languages, filter_languages  # noqa: E402
 from modeling_ccr.objectives import check_objective  # noqa: E402
 from modeling_ccr.presets import resolve_tower, text_presets, vision_presets  # noqa: E402
 from modeling_ccr.results import RetrievalResults, dataset_name  # noqa: E402
-from modeling_ccr.trainer import CCRTrainer, CCRTrainingArguments, last_complete_checkpoint  # noqa: E402
+from modeling_ccr.run_folder import (  # noqa: E402
+    STAGING_PREFIX,
+    RunIdentityCallback,
+    check_checkpoint_run,
+    check_run_folder,
+    claim_run_folder,
+    run_arguments,  # noqa: E402
+)
+from modeling_ccr.trainer import (  # noqa: E402
+    CCRTrainer,
+    CCRTrainingArguments,
+    is_complete_checkpoint,
+    last_complete_checkpoint,
+)
 
 
 @dataclass
@@ -111,15 +127,31 @@ class TrainScriptArguments(CCRTrainingArguments):
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data loading worker processes."})
     seed: int = field(default=42, metadata={"help": "Random seed (model init, sampling, masking)."})
     disable_tqdm: bool | None = field(default=False, metadata={"help": "Hide progress bars."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Replace the run --output_dir holds (its model, checkpoints and logs); "
+                                 "without it a folder holding another run is refused."}
+    )
 
 
 def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainScriptArguments]:
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainScriptArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if model_args.num_fusion_layers < 0:
-        parser.error("--num_fusion_layers must be >= 0")
+        raise ValueError("--num_fusion_layers must be >= 0")
     if model_args.max_text_length < 4:
-        parser.error("--max_text_length must be >= 4")
+        raise ValueError("--max_text_length must be >= 4")
+    positive = {"image_size": model_args.image_size, "projection_dim": model_args.projection_dim,
+                "vocab_size": model_args.vocab_size, "max_train_samples": data_args.max_train_samples,
+                "max_eval_samples": data_args.max_eval_samples, "shuffle_buffer": data_args.shuffle_buffer}
+    for name, value in positive.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be >= 1, got {value}")
+    if data_args.rerank_top_k < 0:
+        raise ValueError(f"--rerank_top_k must be >= 0, got {data_args.rerank_top_k}")
+    if data_args.languages is not None and not [x for x in data_args.languages.split(",") if x.strip()]:
+        raise ValueError(f"--languages must name at least one language, got {data_args.languages!r}")
+    if training_args.overwrite_output_dir and training_args.resume_from_checkpoint:
+        raise ValueError("--overwrite_output_dir and --resume_from_checkpoint contradict each other: choose one")
     return model_args, data_args, training_args
 
 
@@ -243,7 +275,7 @@ def write_model_folder(model, processor, results: RetrievalResults, ranks, desti
     from modeling_ccr.retrieval_report import save_report_plot
 
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".model-", dir=destination.parent))
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=destination.parent))
     try:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
@@ -258,6 +290,11 @@ def write_model_folder(model, processor, results: RetrievalResults, ranks, desti
         raise
 
 
+def _is_main_process() -> bool:
+    """Process 0 of a torchrun launch (or a single process): the one that owns the run folder."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 @dataclass
 class PreparedRun:
     """Everything checked and built before training starts."""
@@ -270,6 +307,7 @@ class PreparedRun:
     languages: list[str]
     vision: tuple
     text: tuple
+    arguments: dict = field(default_factory=dict)
 
 
 def prepare(argv: list[str] | None = None) -> PreparedRun:
@@ -278,8 +316,28 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
     run_dir = Path(training_args.output_dir)
     training_args.output_dir = str(run_dir / "checkpoints")
     training_args.logging_dir = str(run_dir / "runs")
-    if training_args.resume_from_checkpoint in ("last", "True", "true"):
-        training_args.resume_from_checkpoint = last_complete_checkpoint(training_args.output_dir)
+    arguments = run_arguments(model_args, data_args, training_args)
+    resume = training_args.resume_from_checkpoint
+    if _is_main_process():  # the other processes of a distributed run would see the folder main has claimed
+        check_run_folder(run_dir, arguments, resume=bool(resume), overwrite=training_args.overwrite_output_dir)
+    if resume in ("last", "True", "true"):
+        resume = last_complete_checkpoint(training_args.output_dir)
+        if resume is None:
+            raise FileNotFoundError(f"--resume_from_checkpoint last: no complete checkpoint in "
+                                    f"{training_args.output_dir} (start without it to train from the beginning)")
+    elif resume:
+        if not os.path.isdir(resume):
+            raise FileNotFoundError(f"--resume_from_checkpoint {resume} does not exist (give a checkpoint-N folder "
+                                    "or 'last')")
+        if not is_complete_checkpoint(resume):
+            raise ValueError(f"--resume_from_checkpoint {resume} is not a complete checkpoint-N folder "
+                             "(trainer_state.json missing or truncated)")
+    if resume:
+        check_checkpoint_run(resume, arguments)
+    training_args.resume_from_checkpoint = resume
+    tokenizer = model_args.tokenizer
+    if tokenizer and tokenizer.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(tokenizer)):
+        raise FileNotFoundError(f"--tokenizer {tokenizer} is not a folder")
     splits = load_splits(data_args, training_args.seed)
     train = splits[data_args.train_split]
     languages = sorted(train.languages) if hasattr(train, "languages") else dataset_languages(train)
@@ -288,7 +346,7 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
     check_objective(training_args.loss_type, languages)
     vision = resolve_tower(model_args.vision_model, vision_presets(model_args.image_size), "vision")
     text = resolve_tower(model_args.text_model, text_presets(model_args.vocab_size, model_args.max_text_length + 2), "text")
-    return PreparedRun(model_args, data_args, training_args, run_dir, splits, languages, vision, text)
+    return PreparedRun(model_args, data_args, training_args, run_dir, splits, languages, vision, text, arguments)
 
 
 def run(prepared: PreparedRun) -> dict:
@@ -303,6 +361,10 @@ def run(prepared: PreparedRun) -> dict:
     eval_split = prepared.splits.get(data_args.eval_split) if data_args.eval_split else None
     if eval_split is None:
         training_args.eval_strategy = "no"
+    # The first write of the run, once everything is built: the folder becomes this run's (the old run is removed
+    # only with --overwrite_output_dir).
+    if _is_main_process():
+        claim_run_folder(prepared.run_dir, prepared.arguments, overwrite=training_args.overwrite_output_dir)
     trainer = CCRTrainer(
         model=model,
         args=training_args,
@@ -310,6 +372,7 @@ def run(prepared: PreparedRun) -> dict:
         eval_dataset=eval_split,
         processing_class=processor,
         languages=prepared.languages,
+        callbacks=[RunIdentityCallback(prepared.arguments)],
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
@@ -346,12 +409,10 @@ def run(prepared: PreparedRun) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    try:
-        prepared = prepare(argv)
-    except (ValueError, TypeError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
-    return run(prepared)
+    """The command: every argument and data error fails in :func:`prepare`, before anything is built or written
+    (``run_cli`` turns it into one line and exit status 2)."""
+    return run(prepare(argv))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

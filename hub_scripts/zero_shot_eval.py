@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tqdm.auto import tqdm  # noqa: E402
 
+from modeling_ccr.cli import check_model_source, run_cli  # noqa: E402
+from modeling_ccr.dataset_schema import select_languages  # noqa: E402
 from modeling_ccr.emoji_dataset import EMOJI_CCR_LANGUAGES, load_emoji_ccr  # noqa: E402
 from modeling_ccr.processing_ccr import load_image  # noqa: E402
 
@@ -98,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None)
     parser.add_argument("--output", default=None, help="default: <model>/zero_shot_results.json (./ for a repo id)")
     args = parser.parse_args(argv)
+    check_model_source(args.model)
+    select_languages(EMOJI_CCR_LANGUAGES, args.languages, "EmojiCCR")
+    load_emoji_ccr(args.split)  # an unknown split fails here, before the model is loaded
     results = run(args.model, args.split, args.languages, args.device)
     for setting in next(iter(results["results"].values())):
         print(format_table(results, setting) + "\n")
@@ -109,4 +114,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -18,8 +18,9 @@ _REPO_ID_RE = re.compile(rf"^{_NAME}/{_NAME}$")
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 _TOKENIZER_VOCABS = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model",
                      "tokenizer.model")
-
-
+# train.py writes the model into a hidden ``.model-*`` sibling first, then renames it: such a folder is what a kill
+# during the final write left behind, never a finished model.
+STAGING_PREFIX = ".model-"
 
 
 class PublishError(Exception):
@@ -35,7 +36,11 @@ class IncompleteFolderError(PublishError, ValueError):
 
     def __init__(self, folder: Path, missing: list[str], what: str = "model folder"):
         self.missing = list(missing)
-        super().__init__(f"{what} {folder} is incomplete; missing or invalid:\n" + "\n".join(f"  - {m}" for m in missing))
+        if len(self.missing) == 1:  # one problem: named on the one line
+            super().__init__(f"{what} {folder} is refused: {self.missing[0]}")
+        else:
+            super().__init__(f"{what} {folder} is incomplete; missing or invalid:\n"
+                             + "\n".join(f"  - {m}" for m in missing))
 
 
 def validate_repo_id(repo_id: str) -> str:
@@ -128,6 +133,9 @@ def check_model_folder(path: str | Path) -> list[str]:
     folder = Path(path)
     if not folder.is_dir():
         return [f"{folder} (not a folder)"]
+    if folder.resolve().name.startswith(STAGING_PREFIX):
+        return [f"{folder} is a temporary folder a stopped train.py left while writing the model (not a finished "
+                "model; the next run removes it)"]
     problems: list[str] = []
     modules: set[str] = set()
 
@@ -154,6 +162,8 @@ def check_model_folder(path: str | Path) -> list[str]:
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and "model" in p.name)
         hint = f"; found {', '.join(pickles)}, but only safetensors are published" if pickles else ""
         problems.append(f"model.safetensors (safetensors weights){hint}")
+    if config is not None and not problems:
+        problems += check_model_weights(folder)
 
     tok_config = _read_json(folder / "tokenizer_config.json", problems)
     if tok_config is not None and isinstance(tok_config.get("auto_map"), dict):
@@ -185,6 +195,66 @@ def check_model_folder(path: str | Path) -> list[str]:
         results = _read_json(folder / "eval_results.json", problems)
         if results is not None:
             problems += check_eval_results(results)
+    return problems
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        data = json.loads(index.read_text(encoding="utf-8"))
+        return [folder / name for name in sorted(set(data["weight_map"].values()))]
+    return [folder / "model.safetensors"]
+
+
+def check_model_weights(path: str | Path) -> list[str]:
+    """Problems with a model folder's safetensors weights, read without loading a tensor: a 0-byte, truncated or
+    corrupted file, and tensors that do not match config.json (missing or unexpected keys, other shapes).
+
+    The expected tensors come from the model built from config.json on the meta device (no memory allocated),
+    loaded through ``from_pretrained`` so the key renamings transformers applies on load are honoured.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(path)
+    problems = []
+    for file in _weight_files(folder):
+        if file.stat().st_size == 0:
+            problems.append(f"{file.name}: empty (0 bytes)")
+            continue
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                list(handle.keys())
+        except (SafetensorError, OSError, ValueError) as err:
+            problems.append(f"{file.name}: not a readable safetensors file (truncated or corrupted: {err})")
+    if problems:
+        return problems
+    return _compare_with_config(folder)
+
+
+def _compare_with_config(folder: Path) -> list[str]:
+    from transformers.utils import logging as hf_logging
+
+    from .modeling_ccr import CCRModel
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # the load report is summarised below, not printed
+    hf_logging.disable_progress_bar()
+    try:
+        _, info = CCRModel.from_pretrained(folder, device_map="meta", output_loading_info=True,
+                                           ignore_mismatched_sizes=True)
+    except Exception as err:  # noqa: BLE001 - any failure to build the model from the folder is the problem reported
+        return [f"config.json and the weights do not make a CCR model: {str(err).splitlines()[0] if str(err) else err!r}"]
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    problems = []
+    for kind, label in (("missing_keys", "missing from the weights"), ("unexpected_keys", "not in the model"),
+                        ("mismatched_keys", "with another shape than config.json gives")):
+        keys = sorted(str(key[0] if isinstance(key, tuple) else key) for key in info.get(kind) or ())
+        if keys:
+            shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+            problems.append(f"model.safetensors does not match config.json: {len(keys)} tensor(s) {label} ({shown})")
     return problems
 
 

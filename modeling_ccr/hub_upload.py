@@ -41,6 +41,10 @@ except ImportError:  # pragma: no cover - depends on the installed huggingface_h
 _SKIP_DIRS = {"__pycache__", "runs", ".git", ".cache", ".ipynb_checkpoints"}
 
 
+class UnsafeSymlinkError(PublishError, ValueError):
+    """A symlink in the folder points outside it: its target's contents would be published."""
+
+
 class MissingTokenError(PublishError):
     """No token was found in the usual places."""
 
@@ -97,13 +101,34 @@ def _walk(folder: Path) -> Iterator[tuple[str, Path]]:
 
 
 
-def plan_upload(folder: str | Path, card: ModelCard | SpaceCard, card_note: str) -> tuple[list[UploadFile], list[str]]:
+def _check_symlinks(folder: Path, files: list[tuple[str, Path]], outside_suffixes: tuple[str, ...]) -> None:
+    """Refuse files whose real location is outside ``folder`` (a symlink to ~/.cache/huggingface/token would
+    publish the token), unless their suffix is in ``outside_suffixes``."""
+    root = folder.resolve()
+    leaving = []
+    for rel, path in files:
+        target = path.resolve()
+        if not target.is_relative_to(root) and target.suffix not in outside_suffixes:
+            leaving.append(f"{rel} -> {target}")
+    if leaving:
+        allowed = f" (only {', '.join(outside_suffixes)} files may be linked from outside)" if outside_suffixes else ""
+        raise UnsafeSymlinkError(
+            f"{folder} has {len(leaving)} symlink(s) leaving the folder, whose contents would be published{allowed}; "
+            "copy the file into the folder if it is meant to be public:\n" + "\n".join(f"  - {x}" for x in leaving)
+        )
+
+
+def plan_upload(folder: str | Path, card: ModelCard | SpaceCard, card_note: str,
+                outside_suffixes: tuple[str, ...] = ()) -> tuple[list[UploadFile], list[str]]:
     """Files to commit (the rendered card as README.md first) and the paths deliberately left out: the
-    folder's own README.md, pickles, intermediate checkpoints. Symlinks are uploaded with their contents."""
+    folder's own README.md, pickles, intermediate checkpoints. Symlinks inside the folder are uploaded with their
+    contents; one leaving it is refused (:class:`UnsafeSymlinkError`) unless its suffix is in ``outside_suffixes``."""
     folder = Path(folder)
     files = [UploadFile("README.md", str(card).encode("utf-8"), card_note)]
     skipped, checkpoints = [], {}
-    for rel, path in _walk(folder):
+    walked = list(_walk(folder))
+    _check_symlinks(folder, walked, outside_suffixes)
+    for rel, path in walked:
         top = rel.split("/")[0]
         if rel == "README.md":
             skipped.append(f"{rel} (replaced by the card rendered for this repository)")
@@ -257,7 +282,8 @@ def push_metric(
 ) -> PushResult:
     """Publish an `evaluate` module folder as a Gradio Space so `evaluate.load(repo_id)` works.
 
-    Symlinked files (mrv_core.py points into the package) are uploaded with their contents. An app.py
+    Symlinked files (mrv_core.py points into the package) are uploaded with their contents; a link leaving the
+    folder must point to a ``.py`` file (anything else is refused: :class:`UnsafeSymlinkError`). An app.py
     with evaluate's standard widget is added when the folder has none.
     """
     validate_repo_id(repo_id)
@@ -266,7 +292,8 @@ def push_metric(
     if missing:
         raise IncompleteFolderError(folder, missing, what="metric folder")
     card = render_metric_card(folder, repo_id)
-    files, skipped = plan_upload(folder, card, "metric card with Space metadata")
+    # An evaluate module may link its helper modules from elsewhere (ours: mrv_core.py); nothing else leaves it.
+    files, skipped = plan_upload(folder, card, "metric card with Space metadata", outside_suffixes=(".py",))
     app_file = str(card.data.app_file)
     if not any(f.path_in_repo == app_file for f in files):
         files.append(UploadFile(app_file, _METRIC_APP.format(repo_id=repo_id).encode(), "generated Gradio widget"))

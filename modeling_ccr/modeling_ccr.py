@@ -297,7 +297,12 @@ class CCRModel(PreTrainedModel):
             config = CCRConfig.from_vision_text_configs(vision_model.config, text_model.config)
         # Duck-typed: remote-code loading may hold CCRConfig from another copy of configuration_ccr.py.
         if getattr(config, "model_type", None) != CCRConfig.model_type:
-            raise TypeError(f"config must be a CCRConfig, got {type(config).__name__}")
+            source = getattr(config, "_name_or_path", "") or ""
+            raise TypeError(
+                f"CCRModel needs a CCR config (model_type {CCRConfig.model_type!r}); got model_type "
+                f"{getattr(config, 'model_type', None)!r}" + (f" from {source}" if source else "")
+                + ": not a CCR model (load it with its own class, or AutoModel)"
+            )
         super().__init__(config)
 
         if vision_model is None:
@@ -618,7 +623,9 @@ class CCRModel(PreTrainedModel):
         it came in, which both layouts' code reads.
         """
         kwargs["key_mapping"] = {**_PRE_FUSION_MODULE_KEYS, **(kwargs.get("key_mapping") or {})}
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        _check_finite_weights(loaded[0] if isinstance(loaded, tuple) else loaded, pretrained_model_name_or_path)
+        return loaded
 
     @classmethod
     def from_vision_text_pretrained(
@@ -683,6 +690,17 @@ class CCRModel(PreTrainedModel):
         if os.path.isfile(processing_file) and not os.path.exists(target):
             shutil.copy(processing_file, target)
         return result
+
+
+def _check_finite_weights(model: nn.Module, source: Any) -> None:
+    """Corrupted weight bytes load silently as NaN / inf: refuse them, naming the first bad tensor."""
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(
+                f"the weights loaded from {source} are corrupted: {name} holds {bad} NaN/inf value(s) of "
+                f"{tensor.numel()}; re-download or re-save the model"
+            )
 
 
 def _load_tower(path: str, key: str, keep_pooler: bool, kwargs: dict[str, Any]) -> PreTrainedModel:

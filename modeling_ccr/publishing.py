@@ -17,6 +17,7 @@ from .hub_upload import (
     HubUnreachableError,
     MissingTokenError,
     PushResult,
+    UnsafeSymlinkError,
     UploadFile,
     plan_model_upload,
     plan_upload,
@@ -28,7 +29,7 @@ from .model_card import DEFAULT_TEMPLATE, PAPER, PAPER_URL, model_index, render_
 
 __all__ = [
     "DEFAULT_TEMPLATE", "PAPER", "PAPER_URL", "AuthenticationError", "HubUnreachableError", "IncompleteFolderError",
-    "InvalidRepoIdError", "MissingTokenError", "PublishError", "PushResult", "UploadFile", "check_eval_results",
+    "InvalidRepoIdError", "MissingTokenError", "PublishError", "PushResult", "UnsafeSymlinkError", "UploadFile", "check_eval_results",
     "check_metric_folder", "check_model_folder", "model_index", "plan_model_upload", "plan_upload", "push_metric",
     "push_model", "render_metric_card", "render_model_card", "validate_repo_id",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -34,6 +35,21 @@ from .streaming import CCRStream, prepare_stream_training, stream_dataloader
 logger = logging.getLogger(__name__)
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def check_training_numbers(args: TrainingArguments) -> None:
+    """Refuse the numbers ``TrainingArguments`` lets through but that cannot train: a batch of 0, 0 or negative
+    epochs (an untrained model written as if trained), a ``max_steps`` other than -1 (unset) or > 0, a learning
+    rate that is not a positive number. The message names the option."""
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.max_steps != -1 and args.max_steps <= 0:
+        raise ValueError(f"--max_steps must be > 0 (or -1, the default: train --num_train_epochs), got {args.max_steps}")
+    if args.max_steps == -1 and not (math.isfinite(args.num_train_epochs) and args.num_train_epochs > 0):
+        raise ValueError(f"--num_train_epochs must be a number > 0 (or set --max_steps), got {args.num_train_epochs}")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise ValueError(f"--learning_rate must be a number > 0, got {args.learning_rate}")
 
 
 @dataclass
@@ -73,6 +89,7 @@ class CCRTrainingArguments(TrainingArguments):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        check_training_numbers(self)
         super().__post_init__()
 
 
@@ -102,6 +119,10 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
         if is_complete_checkpoint(path):
             return path
     return None
+
+
+class NonFiniteLossError(ArithmeticError):
+    """The training loss became NaN or infinite; training stops at that step instead of going on with NaN weights."""
 
 
 class RetrievalMetrics:
@@ -251,6 +272,12 @@ class CCRTrainer(Trainer):
         inputs = self._draw_step_inputs(inputs)
         pivot = pivot_language_id(self.languages)
         outputs = ccr_training_loss(model, inputs, self.args.loss_type, pivot, self.accelerator.unwrap_model(model))
+        if model.training and not bool(torch.isfinite(outputs.loss.detach())):
+            raise NonFiniteLossError(
+                f"the training loss became {outputs.loss.item()} at step {self.state.global_step + 1} (learning rate "
+                f"{self._get_learning_rate() if self.lr_scheduler is not None else self.args.learning_rate:.3g}): "
+                "training stopped before the weights were spoiled; try a lower --learning_rate"
+            )
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def get_eval_dataloader(self, eval_dataset=None):
@@ -281,11 +308,15 @@ class CCRTrainer(Trainer):
         return None, (image_embeds, text_embeds), language_ids
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
-        """Like ``Trainer.train``; ``resume_from_checkpoint=True`` takes the newest *complete* checkpoint."""
+        """Like ``Trainer.train``; ``resume_from_checkpoint=True`` takes the newest *complete* checkpoint and is an
+        error when there is none (as in ``Trainer``: asking to resume never silently starts from scratch)."""
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
-                logger.warning("no complete checkpoint in %s: training from the start", self.args.output_dir)
+                raise FileNotFoundError(
+                    f"no complete checkpoint in {self.args.output_dir} to resume from; train without "
+                    "resume_from_checkpoint to start from the beginning"
+                )
             self._discard_incomplete_checkpoints()
         elif isinstance(resume_from_checkpoint, str) and not is_complete_checkpoint(resume_from_checkpoint):
             raise ValueError(
@@ -293,6 +324,14 @@ class CCRTrainer(Trainer):
                 "it was probably being written when the run stopped"
             )
         return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Trainer's, but a failed write (a full disk) leaves no half-written checkpoint for a resume to trip over."""
+        try:
+            super()._save_checkpoint(model, trial)
+        except OSError:
+            self._discard_incomplete_checkpoints()
+            raise
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Load a checkpoint's weights through ``from_pretrained``, strictly.
@@ -313,10 +352,17 @@ class CCRTrainer(Trainer):
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     def _discard_incomplete_checkpoints(self) -> None:
-        if not self.args.should_save or not os.path.isdir(self.args.output_dir):
-            return
-        for name in os.listdir(self.args.output_dir):
-            path = os.path.join(self.args.output_dir, name)
-            if _CHECKPOINT.match(name) and os.path.isdir(path) and not is_complete_checkpoint(path):
-                logger.warning("removing incomplete checkpoint %s", path)
-                shutil.rmtree(path)
+        if self.args.should_save:
+            discard_incomplete_checkpoints(self.args.output_dir)
+
+
+def discard_incomplete_checkpoints(output_dir: str) -> None:
+    """Remove the ``checkpoint-N`` folders of ``output_dir`` that are not complete (a kill or a full disk while
+    saving); complete ones are kept."""
+    if not os.path.isdir(output_dir):
+        return
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if _CHECKPOINT.match(name) and os.path.isdir(path) and not is_complete_checkpoint(path):
+            logger.warning("removing incomplete checkpoint %s", path)
+            shutil.rmtree(path, ignore_errors=True)

@@ -33,16 +33,17 @@ def eval_results(languages=("en", "de", "zh")) -> dict:
 
 
 def write_plain_model_folder(folder: Path) -> Path:
-    """A complete model folder made of plain files (no real model): for the fast checks."""
-    import torch
-    from safetensors.torch import save_file
+    """A complete model folder: a tiny model's config.json and weights, the rest plain files: for the fast checks."""
+    import shutil
+    import tempfile
+
+    from conftest import make_model
 
     folder.mkdir(parents=True, exist_ok=True)
-    auto = {"AutoConfig": "configuration_ccr.CCRConfig", "AutoModel": "modeling_ccr.CCRModel"}
-    (folder / "config.json").write_text(json.dumps({"model_type": "ccr", "auto_map": auto, "projection_dim": 8,
-                                                    "vision_config": {"model_type": "vit"},
-                                                    "text_config": {"model_type": "bert"}}))
-    save_file({"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}, str(folder / "model.safetensors"))
+    with tempfile.TemporaryDirectory() as saved:
+        make_model(projection_dim=8).save_pretrained(saved)
+        for name in ("config.json", "model.safetensors"):
+            shutil.copy(Path(saved) / name, folder / name)
     (folder / "configuration_ccr.py").write_text("class CCRConfig:\n    pass\n")
     (folder / "modeling_ccr.py").write_text("from .configuration_ccr import CCRConfig\n\n\nclass CCRModel:\n    pass\n")
     (folder / "processing_ccr.py").write_text("class CCRProcessor:\n    pass\n")

@@ -349,3 +349,23 @@ def test_texts_longer_than_the_text_tower_are_cut_like_the_processor_cuts_them(t
         got = model.get_text_features(**untruncated)
         want = model.get_text_features(**processor(text=texts, max_length=limit))
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_from_pretrained_refuses_corrupted_nan_weights_naming_the_tensor(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    make_model().save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["text_projection.weight"].view(-1)[3] = float("nan")
+    save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"corrupted: text_projection.weight holds 1 NaN/inf value"):
+        CCRModel.from_pretrained(tmp_path)
+
+
+def test_from_pretrained_on_a_non_ccr_folder_names_its_model_type(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20,
+                         vocab_size=50)).save_pretrained(tmp_path)
+    with pytest.raises(TypeError, match=r"model_type 'ccr'\); got model_type 'bert' from .*not a CCR model"):
+        CCRModel.from_pretrained(tmp_path)

@@ -22,9 +22,11 @@ from _push_helpers import (
 )
 from huggingface_hub import ModelCard, snapshot_download
 
+from modeling_ccr.cli import run_cli
 from modeling_ccr.publishing import (
     IncompleteFolderError,
     InvalidRepoIdError,
+    UnsafeSymlinkError,
     check_model_folder,
     push_model,
     render_model_card,
@@ -64,7 +66,7 @@ def plain_folder(tmp_path):
 
 
 def _cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = push_cli.main(list(args))
+    code = run_cli(push_cli.main, list(args))
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -235,7 +237,7 @@ def test_incomplete_folder_is_refused_with_the_list_and_nothing_sent(user_env, p
     (plain_folder / "model.safetensors").unlink()
     (plain_folder / "tokenizer_config.json").unlink()
     code, out, err = _cli(capsys, str(plain_folder), "--repo-id", "ns/tiny")
-    assert code == 1 and "is incomplete" in err
+    assert code == 2 and "is incomplete" in err
     assert "  - model.safetensors" in err and "  - tokenizer_config.json" in err
     assert user_env.requests == []
     with pytest.raises(IncompleteFolderError) as info:
@@ -245,7 +247,7 @@ def test_incomplete_folder_is_refused_with_the_list_and_nothing_sent(user_env, p
 
 def test_bad_repo_id_is_refused_before_any_request(user_env, plain_folder, capsys):
     code, _, err = _cli(capsys, str(plain_folder), "--repo-id", "tiny-without-namespace")
-    assert code == 1 and "invalid repo id 'tiny-without-namespace'" in err and "NAMESPACE/NAME" in err
+    assert code == 2 and "invalid repo id 'tiny-without-namespace'" in err and "NAMESPACE/NAME" in err
     assert user_env.requests == []
 
 
@@ -280,7 +282,7 @@ def test_metric_dry_run_uploads_symlink_contents_and_adds_app(user_env, tmp_path
 def test_metric_space_name_must_match_the_script(user_env, tmp_path, capsys):
     folder = write_test_metric_folder(tmp_path / "metrics")
     code, _, err = _cli(capsys, "--metric", str(folder), "--repo-id", "ns/other-name")
-    assert code == 1 and "use ns/mrv" in err and user_env.requests == []
+    assert code == 2 and "use ns/mrv" in err and user_env.requests == []
 
 
 def test_metric_published_as_space_computes_with_evaluate_load_in_a_fresh_process(hub, tmp_path):
@@ -378,3 +380,49 @@ def test_model_pushed_by_the_cli_loads_in_a_fresh_process_with_the_same_embeddin
         assert np.abs(np.array(expected[key])).max() > 1e-4  # not trivially zero
     resolved = [r for r in hub.requests if "/resolve/" in r[1]]
     assert resolved and all(f"/resolve/{oid}/" in r[1] for r in resolved)  # every file from the pinned commit
+
+
+def test_a_symlink_leaving_the_model_folder_is_refused_before_any_request(user_env, plain_folder, tmp_path):
+    secret = tmp_path / "token"
+    secret.write_text("hf_secret")
+    (plain_folder / "notes.txt").symlink_to(secret)
+    with pytest.raises(UnsafeSymlinkError, match=r"1 symlink\(s\) leaving the folder") as info:
+        push_model(plain_folder, "ns/tiny", endpoint=user_env.url, dry_run=True)
+    assert f"notes.txt -> {secret}" in str(info.value) and user_env.requests == []
+    (plain_folder / "notes.txt").unlink()
+    (plain_folder / "vocab-link.json").symlink_to(plain_folder / "tokenizer.json")  # inside: uploaded
+    result = push_model(plain_folder, "ns/tiny", endpoint=user_env.url, dry_run=True)
+    assert "vocab-link.json" in [f.path_in_repo for f in result.files]
+
+
+@pytest.mark.parametrize(("damage", "problem"), [
+    ("empty", "model.safetensors: empty (0 bytes)"),
+    ("truncated", "model.safetensors: not a readable safetensors file (truncated or corrupted"),
+    ("other_shape", "tensor(s) with another shape than config.json gives (text_projection.weight"),
+    ("missing_key", "tensor(s) missing from the weights (tau)"),
+])
+def test_weights_that_do_not_open_or_match_the_config_are_refused(plain_folder, damage, problem):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = plain_folder / "model.safetensors"
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-64])
+    else:
+        weights = load_file(path)
+        if damage == "other_shape":
+            weights["text_projection.weight"] = torch.zeros(3, 3)
+        else:
+            del weights["tau"]
+        save_file(weights, str(path), metadata={"format": "pt"})
+    problems = check_model_folder(plain_folder)
+    assert any(problem in p for p in problems), problems
+
+
+def test_a_staging_folder_left_by_a_killed_write_is_not_a_model(plain_folder, tmp_path):
+    staging = tmp_path / ".model-k1ll3d"
+    plain_folder.rename(staging)
+    assert check_model_folder(staging) == [f"{staging} is a temporary folder a stopped train.py left while writing "
+                                           "the model (not a finished model; the next run removes it)"]

@@ -16,6 +16,7 @@ from _search_helpers import RED_APPLE, trained_search_model
 from datasets import Dataset, Features, Value, concatenate_datasets, load_from_disk
 from datasets import Image as ImageFeature
 
+from modeling_ccr.cli import run_cli
 from modeling_ccr.emoji_dataset import load_emoji_ccr
 from modeling_ccr.retrieval import compute_retrieval_ranks
 from modeling_ccr.search import (
@@ -43,12 +44,7 @@ def _main(script: Path, *args: str, capsys) -> tuple[int, str, str]:
     spec = importlib.util.spec_from_file_location(f"_cli_{script.stem}", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    try:
-        status = module.main(list(args))
-    except SystemExit as stop:
-        status = stop.code if isinstance(stop.code, int) else 1
-        if isinstance(stop.code, str):
-            print(stop.code, file=sys.stderr)
+    status = run_cli(module.main, list(args))  # the commands' top-level handler, as `sys.exit(run_cli(main))`
     out, err = capsys.readouterr()
     return status, out, err
 

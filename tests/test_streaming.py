@@ -315,7 +315,7 @@ def test_train_script_rejects_incomplete_stream_options_before_training(shards, 
     train = importlib.util.module_from_spec(spec)
     sys.modules["train_script"] = train  # dataclasses look their module up there
     spec.loader.exec_module(train)
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(ValueError, match=message):  # run_cli turns it into one line and exit status 2
         train.main(["--dataset", shards, "--output_dir", str(tmp_path / "out"), *extra])
     assert not (tmp_path / "out" / "checkpoints").exists()
 

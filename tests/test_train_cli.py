@@ -104,3 +104,31 @@ def test_main_job_writes_a_loadable_hub_folder(tmp_path):
     empty.mkdir()
     loaded = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, cwd=empty, env=env)
     assert loaded.returncode == 0 and loaded.stdout.strip() == "ok", loaded.stderr[-3000:]
+
+
+def _train_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", TRAIN)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_disk_full_during_the_final_write_keeps_the_old_model_and_no_staging_folder(tmp_path):
+    import errno
+    from types import SimpleNamespace
+
+    def full_disk(folder):
+        (Path(folder) / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(folder) / "model.safetensors"))
+
+    destination = tmp_path / "run" / "model"
+    destination.mkdir(parents=True)
+    (destination / "config.json").write_text("{}")
+    with pytest.raises(OSError) as info:
+        _train_module().write_model_folder(SimpleNamespace(save_pretrained=full_disk), None, None, None, destination)
+    assert info.value.errno == errno.ENOSPC
+    assert sorted(os.listdir(tmp_path / "run")) == ["model"]  # no .model-* left behind
+    assert os.listdir(destination) == ["config.json"]  # the previous model untouched

@@ -21,6 +21,7 @@ from modeling_ccr.objectives import LOSS_TYPES
 from modeling_ccr.trainer import (
     CCRTrainer,
     CCRTrainingArguments,
+    NonFiniteLossError,
     is_complete_checkpoint,
     last_complete_checkpoint,
 )
@@ -59,6 +60,54 @@ def test_pivot_trainer_needs_english(tmp_path, tiny_data):
             model=tiny_model(processor), args=_args(tmp_path, loss_type="pivot"), train_dataset=dataset,
             processing_class=processor, languages=["de", "fr"],
         )
+
+
+def test_a_learning_rate_that_makes_the_loss_nan_stops_training_naming_the_step(tmp_path, tiny_data):
+    dataset, processor = tiny_data
+    trainer = CCRTrainer(model=tiny_model(processor, seed=0), args=_args(tmp_path, learning_rate=1e30, max_grad_norm=0),
+                         train_dataset=dataset, processing_class=processor)
+    with pytest.raises(NonFiniteLossError, match=r"at step \d+ \(learning rate .*try a lower --learning_rate"):
+        trainer.train()
+
+
+def test_a_full_disk_while_saving_leaves_no_half_written_checkpoint(tmp_path, tiny_data, monkeypatch):
+    import errno
+
+    dataset, processor = tiny_data
+    model = tiny_model(processor, seed=0)
+
+    def full_disk(folder, *args, **kwargs):
+        (Path(folder) / "model.safetensors").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(folder) / "model.safetensors"))
+
+    monkeypatch.setattr(model, "save_pretrained", full_disk)
+    args = _args(tmp_path, max_steps=2, save_strategy="steps", save_steps=1)
+    trainer = CCRTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
+    with pytest.raises(OSError) as info:
+        trainer.train()
+    assert info.value.errno == errno.ENOSPC
+    assert not [name for name in os.listdir(args.output_dir) if name.startswith("checkpoint-")]
+
+
+def test_resume_true_without_a_checkpoint_is_an_error(tmp_path, tiny_data):
+    dataset, processor = tiny_data
+    trainer = CCRTrainer(model=tiny_model(processor), args=_args(tmp_path), train_dataset=dataset,
+                         processing_class=processor)
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint in .* to resume from"):
+        trainer.train(resume_from_checkpoint=True)
+    assert trainer.state.global_step == 0
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("num_train_epochs", 0, "--num_train_epochs must be a number > 0"),
+    ("per_device_train_batch_size", 0, "--per_device_train_batch_size must be >= 1"),
+    ("max_steps", 0, "--max_steps must be > 0"),
+    ("learning_rate", float("nan"), "--learning_rate must be a number > 0"),
+])
+def test_numbers_that_cannot_train_are_refused(tmp_path, option, value, message):
+    overrides = {"max_steps": -1} if option == "num_train_epochs" else {}
+    with pytest.raises(ValueError, match=message):
+        _args(tmp_path, **{**overrides, option: value})
 
 
 def test_unknown_loss_type_is_a_clear_error(tmp_path):
