@@ -1,6 +1,7 @@
 """Loaders: tiny fixtures written in the exact upstream formats, and clear errors naming file and line."""
 
 import base64
+import hashlib
 import csv
 import gzip
 import io
@@ -22,8 +23,10 @@ from modeling_ccr.loaders import (
 )
 
 
-def _png(path: Path, colour=(200, 30, 30)) -> Path:
+def _png(path: Path, colour=None) -> Path:
+    """A 2x2 PNG; its colour derives from the file name, so different files never have identical bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    colour = colour or tuple(hashlib.sha256(path.name.encode()).digest()[:3])
     Image.new("RGB", (2, 2), colour).save(path)
     return path
 
