@@ -87,8 +87,8 @@ def _image_file(root: Path, relative: str, where: str) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{where}: image file {path} does not exist (image root {root})")
     try:
-        with Image.open(path) as image:  # reads the header only
-            image.size
+        with Image.open(path):  # parses the header only
+            pass
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ValueError(f"{where}: image file {path} is not a readable image ({error})") from None
     return str(path.resolve())
@@ -647,3 +647,77 @@ def load_ccr_dataset(
 
     ``split`` defaults to ``test`` (``test_2016_flickr`` for Multi30K); it is ignored for single files."""
     return _format_of(path).load(Path(path), split, languages, image_root)
+
+
+# ------------------------------------------------------------------------------------ single-file splits
+
+HELD_OUT_SEED = 0
+HELD_OUT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
+_SPLIT_PARTS = (*HELD_OUT_FRACTIONS, "all")
+
+
+def has_own_splits(path: str | Path) -> bool:
+    """Whether the dataset at ``path`` comes in named splits (an IGLUE / Multi30K folder, a folder of
+    ``<lang>.<split>.json`` or ``<split>.parquet``). A single file or an image folder has none."""
+    path = Path(path)
+    fmt = _format_of(path)
+    if fmt.name in ("csv", "jsonl", "imagefolder"):
+        return False
+    return not path.is_file()
+
+
+def _held_out_part(dataset: Dataset, part: str, seed: int, what: str) -> Dataset:
+    """One part of a seeded split of ``dataset`` by image: ``HELD_OUT_FRACTIONS`` of the images, drawn in a
+    permutation of the sorted image ids, so that the parts do not depend on the row order."""
+    if part == "all":
+        return dataset
+    n = len(dataset)
+    held = {name: max(1, round(fraction * n)) for name, fraction in HELD_OUT_FRACTIONS.items() if name != "train"}
+    if n - sum(held.values()) < 1:
+        raise ValueError(f"{what} has {n} images: too few to hold out a validation and a test split; give a dataset "
+                         "with its own splits")
+    ids = dataset["image_id"]
+    order = sorted(range(n), key=ids.__getitem__)
+    shuffled = [order[i] for i in np.random.default_rng(seed).permutation(n)]
+    bounds = {"test": (0, held["test"]), "validation": (held["test"], held["test"] + held["validation"]),
+              "train": (held["test"] + held["validation"], n)}
+    lo, hi = bounds[part]
+    return dataset.select(sorted(shuffled[lo:hi]))
+
+
+def load_ccr_split(
+    path: str | Path,
+    split: str,
+    image_root: str | Path | None = None,
+    languages: Sequence[str] | None = None,
+    seed: int = HELD_OUT_SEED,
+) -> tuple[Dataset, str | None]:
+    """One split of the dataset at ``path`` and, for a dataset without splits, a line saying how it was made.
+
+    A dataset with its own splits loads ``split`` as :func:`load_ccr_dataset` does (the note is None). A
+    single file (CSV, JSONL, one COCO json, an image folder, one Parquet file) has no split, so training,
+    validating and testing on it would report training images as test figures: ``split`` must then be
+    ``train``, ``validation`` or ``test`` (a seeded held-out part, ``HELD_OUT_FRACTIONS`` of the images, the
+    same for every caller with the same seed) or ``all`` (the whole file, which is never labelled a test)."""
+    if has_own_splits(path):
+        return load_ccr_dataset(path, split=split, image_root=image_root, languages=languages), None
+    if split not in _SPLIT_PARTS:
+        raise ValueError(f"{path} is a single dataset without splits; its split must be one of {list(_SPLIT_PARTS)} "
+                         f"(a seeded held-out part, or the whole file), not {split!r}")
+    dataset = load_ccr_dataset(path, image_root=image_root)  # carved before any language filter: one split
+    part = filter_languages(_held_out_part(dataset, split, seed, str(path)), languages, f"{path} ({split})")
+    if split == "all":
+        return part, f"{path} has no splits: using all its {len(part)} images (not a held-out test)"
+    shares = ", ".join(f"{name} {fraction:.0%}" for name, fraction in HELD_OUT_FRACTIONS.items())
+    return part, (f"{path} has no splits: split {split!r} is {len(part)} of its {len(dataset)} images, a held-out "
+                  f"part of a seeded split by image (seed {seed}: {shares})")
+
+
+def held_out_record(path: str | Path, sizes: dict[str, int], seed: int = HELD_OUT_SEED) -> dict[str, Any] | None:
+    """What ``eval_results.json`` records about a split carved by :func:`load_ccr_split` (None when the
+    dataset at ``path`` has its own splits)."""
+    if not Path(path).exists() or has_own_splits(path):
+        return None
+    return {"source": f"carved from {Path(path).name}, a dataset without splits", "seed": seed,
+            "fractions": dict(HELD_OUT_FRACTIONS), "images": dict(sizes)}
+

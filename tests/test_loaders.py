@@ -1,9 +1,9 @@
 """Loaders: tiny fixtures written in the exact upstream formats, and clear errors naming file and line."""
 
 import base64
-import hashlib
 import csv
 import gzip
+import hashlib
 import io
 import json
 from pathlib import Path
