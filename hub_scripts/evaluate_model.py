@@ -56,13 +56,18 @@ def load_model(model_dir: str, device: str) -> tuple[Any, Any]:
 
 
 def load_dataset_arg(dataset: str, split: str, image_root: str | None, languages: list[str] | None):
+    """The split to evaluate. A dataset without splits (one CSV / JSONL / COCO json / image folder) gives the
+    same seeded held-out part train.py tested on (``--split test``), or ``--split all`` for the whole file."""
     if dataset == "emoji":
         from modeling_ccr.emoji_dataset import load_emoji_ccr
 
         return load_emoji_ccr(split)
-    from modeling_ccr.loaders import load_ccr_dataset
+    from modeling_ccr.loaders import load_ccr_split
 
-    return load_ccr_dataset(dataset, split=split, image_root=image_root, languages=languages)
+    loaded, note = load_ccr_split(dataset, split, image_root=image_root, languages=languages)
+    if note:
+        print(note)
+    return loaded
 
 
 def run_evaluation(
@@ -79,6 +84,7 @@ def run_evaluation(
     rerank_top_k: int = 0,
     mrv_variant: str = "variance",
     progress: bool = True,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate, print the table, write eval_results.json and eval_report.png; return the results dict."""
     metrics, ranks = evaluate_retrieval(
@@ -87,6 +93,7 @@ def run_evaluation(
     )
     results = RetrievalResults.from_json(metrics)
     results.dataset, results.split, results.model, results.rerank_top_k = dataset_name, split, model_name, rerank_top_k
+    results.extra.update(extra or {})
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path = results.save(output_dir / "eval_results.json")
@@ -109,11 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     model, processor = load_model(args.model_dir, args.device)
     local = Path(args.model_dir)
     output_dir = args.output_dir or (local / "eval" if local.is_dir() else Path("eval"))
+    held_out = None
+    if args.dataset != "emoji":
+        from modeling_ccr.loaders import held_out_record
+
+        held_out = held_out_record(args.dataset, {args.split: len(dataset)})
     run_evaluation(
         model, processor, dataset, output_dir,
         dataset_name=results_dataset_name(args.dataset), split=args.split, model_name=args.model_dir, batch_size=args.batch_size,
         languages=args.languages, rerank_top_k=args.rerank_top_k, mrv_variant=args.mrv_variant,
-        progress=not args.no_progress,
+        progress=not args.no_progress, extra={"held_out_split": held_out} if held_out else None,
     )
     return 0
 

@@ -190,15 +190,16 @@ def load_splits(data_args: DataArguments, seed: int = 0) -> dict[str, object]:
         shards = materialize(TarShards.from_spec(data_args.dataset))
         splits = {name: shards for name in names if name}
     else:
-        from modeling_ccr.loaders import load_ccr_dataset
+        from modeling_ccr.loaders import has_own_splits, load_ccr_split
 
         if not os.path.exists(data_args.dataset):
             raise FileNotFoundError(f"dataset path {data_args.dataset} does not exist")
-        splits = {
-            name: load_ccr_dataset(data_args.dataset, split=name, image_root=data_args.image_root)
-            for name in names
-            if name
-        }
+        own, splits = has_own_splits(data_args.dataset), {}
+        for name, part in zip(names, ("train", "validation", "test")):
+            if name:  # a dataset without splits: a seeded held-out part per role, never the same images twice
+                splits[name], note = load_ccr_split(data_args.dataset, name if own else part, image_root=data_args.image_root)
+                if note:
+                    print(note)
     if data_args.languages:
         keep = [language.strip() for language in data_args.languages.split(",") if language.strip()]
         # Every requested language must be in the training split; the others may lack some.
@@ -390,6 +391,12 @@ def run(prepared: PreparedRun) -> dict:
     results.rerank_top_k = data_args.rerank_top_k
     results.loss_type = training_args.loss_type
     results.seed = training_args.seed
+    if (source := data_args.eval_dataset or data_args.dataset) != "emoji":
+        from modeling_ccr.loaders import held_out_record
+
+        sizes = {name: len(split) for name, split in prepared.splits.items() if hasattr(split, "__len__")}
+        if (record := held_out_record(source, sizes)) is not None:
+            results.extra["held_out_split"] = record
     if not hasattr(train_split, "__len__"):  # a stream: bad samples it skipped (warnings name shard and key)
         from modeling_ccr.streaming import stream_skipped
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .dataset_schema import canonical_language
 from .masking import IGNORE_INDEX
 from .processing_ccr import CCRProcessor
 
@@ -63,7 +64,8 @@ class CCRCollator:
     Args:
         processor: the model's ``CCRProcessor``.
         languages: the language codes the model knows; ``text_language_ids`` index into this list and a
-            caption in any other language is an error.
+            caption in any other language is an error. Codes are compared in their canonical form
+            (``dataset_schema.canonical_language``: ``EN`` and ``en_US`` are ``en``).
         for_evaluation: keep every caption, laid out per image (see module docstring).
         max_texts_per_image: width of the evaluation layout (defaults to the widest image of the batch).
     """
@@ -76,9 +78,16 @@ class CCRCollator:
     def __post_init__(self) -> None:
         if not self.languages:
             raise ValueError("CCRCollator needs the list of languages")
-        self.language_index = {language: index for index, language in enumerate(self.languages)}
+        canonical = [canonical_language(language) for language in self.languages]
+        if len(set(canonical)) != len(canonical):
+            raise ValueError(f"languages {list(self.languages)} name the same language twice (canonical: {canonical})")
+        self.language_index = {language: index for index, language in enumerate(canonical)}
 
     def _language_id(self, language: str, image_id: Any) -> int:
+        try:
+            language = canonical_language(language)
+        except ValueError as error:
+            raise ValueError(f"image {image_id!r}: {error}") from None
         if language not in self.language_index:
             raise ValueError(
                 f"image {image_id!r} has a caption in language {language!r}, which is not among the model's "
@@ -89,20 +98,17 @@ class CCRCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("cannot collate an empty batch")
-        images, groups = [], []
+        images, groups, ids = [], [], []
         for row, feature in enumerate(features):
             captions = _caption_records(feature, row)
             image_id = feature.get("image_id", row)
-            for caption in captions:
-                self._language_id(caption["language"], image_id)
+            ids += [self._language_id(caption["language"], image_id) for caption in captions]
             images.append(feature["image"])
             groups.append(captions)
 
         encoded = self.processor(images=images, captions=[[c["text"] for c in group] for group in groups])
         batch = dict(encoded)
-        language_ids = torch.tensor(
-            [self.language_index[c["language"]] for group in groups for c in group], dtype=torch.long
-        )
+        language_ids = torch.tensor(ids, dtype=torch.long)
         if self.for_evaluation:
             return self._evaluation_layout(batch, language_ids)
         batch["text_language_ids"] = language_ids

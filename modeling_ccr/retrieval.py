@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .dataset_schema import captions_in, check_ccr_dataset
+from .dataset_schema import canonical_languages, captions_in, check_ccr_dataset
 from .ranking import (
     DEFAULT_BLOCK_ELEMENTS,
     RetrievalRanks,
@@ -66,6 +66,29 @@ def _to_device(batch: Any, device: torch.device) -> dict[str, Any]:
     return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in dict(batch).items()}
 
 
+def _image_batch(images: Any, start: int, stop: int) -> list[Any]:
+    """Rows ``start:stop`` of an image list or Dataset, decoded. An image that does not decode is a ValueError
+    naming its row, id and file, not an error from deep inside PIL / datasets."""
+    if not hasattr(images, "cast_column"):
+        batch = images[start:stop]
+        return batch["image"] if isinstance(batch, dict) else list(batch)
+    try:
+        return images[start:stop]["image"]
+    except Exception:  # find the row at fault; PIL and datasets raise many types for a broken image
+        from datasets import Image as ImageFeature
+
+        raw = images.cast_column("image", ImageFeature(decode=False))
+        for row in range(start, min(stop, len(images))):
+            try:
+                images[row]["image"]
+            except Exception as error:
+                entry = raw[row]
+                name = entry["image"].get("path") or "embedded bytes"
+                raise ValueError(f"image in row {row} (image_id={entry.get('image_id')!r}, {name}) does not decode: "
+                                 f"{type(error).__name__}: {error}") from None
+        raise
+
+
 def encode_images(
     model: torch.nn.Module, processor: Any, images: Any, batch_size: int = 64, progress: bool = False,
     with_tokens: bool = False,
@@ -80,13 +103,12 @@ def encode_images(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if hasattr(images, "select_columns"):
-        images = images.select_columns(["image"])
+        images = images.select_columns([c for c in ("image", "image_id") if c in images.column_names])
     device, features, tokens = _model_device(model), [], []
     starts = range(0, len(images), batch_size)
     with torch.no_grad():
         for start in progress_bar(starts, len(starts), "encoding images", progress):
-            batch = images[start : start + batch_size]
-            batch = batch["image"] if isinstance(batch, dict) else list(batch)
+            batch = _image_batch(images, start, start + batch_size)
             pixel_values = _to_device(processor(images=batch), device)["pixel_values"]
             features.append(_features(model.get_image_features(pixel_values=pixel_values), "image").float().cpu())
             if with_tokens:
@@ -139,6 +161,7 @@ def evaluate_retrieval(
     are kept for all images during re-ranking. Returns ``(retrieval_metrics(...), ranks)``.
     """
     check_ccr_dataset(dataset)
+    languages = canonical_languages(languages)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if rerank_top_k:

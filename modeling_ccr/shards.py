@@ -34,6 +34,8 @@ from typing import Any
 
 from PIL import Image
 
+from .dataset_schema import canonical_language
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 _END_OF_ARCHIVE = 1024  # two zero blocks end every complete tar
 _ZERO_BLOCK = bytes(512)
@@ -242,8 +244,16 @@ def _records(value: Any, where: str) -> list[dict[str, str]]:
         if not isinstance(language, str) or not language or not isinstance(text, str):
             raise BadSample(f"{where}: caption {text!r} in language {language!r} is not text with a language code")
         if text.strip():
-            captions.append({"language": language, "text": text.strip()})
+            captions.append({"language": _language(language, where), "text": text.strip()})
     return captions
+
+
+def _language(code: str, where: str) -> str:
+    """The canonical language code (``dataset_schema.canonical_language``); a bad one makes the sample bad."""
+    try:
+        return canonical_language(code)
+    except ValueError as error:
+        raise BadSample(f"{where}: {error}") from None
 
 
 def sample_captions(files: dict[str, Any], language: str | None, where: str) -> list[dict[str, str]]:
@@ -269,7 +279,7 @@ def sample_captions(files: dict[str, Any], language: str | None, where: str) -> 
     caption_language = meta.get("language") or language
     if not caption_language:
         raise BadSample(f"{where}: a caption without a language; give the shard set's language (e.g. en=shards/...)")
-    return [{"language": caption_language, "text": text.strip()}]
+    return [{"language": _language(caption_language, where), "text": text.strip()}]
 
 
 def sample_image(files: dict[str, Any]) -> Any:

@@ -3,6 +3,7 @@
 import base64
 import csv
 import gzip
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -22,8 +23,10 @@ from modeling_ccr.loaders import (
 )
 
 
-def _png(path: Path, colour=(200, 30, 30)) -> Path:
+def _png(path: Path, colour=None) -> Path:
+    """A 2x2 PNG; its colour derives from the file name, so different files never have identical bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    colour = colour or tuple(hashlib.sha256(path.name.encode()).digest()[:3])
     Image.new("RGB", (2, 2), colour).save(path)
     return path
 

@@ -5,6 +5,8 @@ multiple of 8, more than 255 rows summed per column, NaN and infinite scores."""
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modeling_ccr.retrieval import compute_retrieval_ranks, ranks_from_scores
 
@@ -116,3 +118,59 @@ def test_a_score_function_returning_nan_is_a_clear_error(chunk_size):
     with pytest.raises(ValueError, match="NaN"):
         compute_retrieval_ranks(images, texts, np.arange(24) % 12, ["de", "en"] * 12, score_fn=score_fn,
                                 chunk_size=chunk_size)
+
+
+# ----------------------------------------------------------------- property-based: against a direct argsort
+
+
+def argsort_ranks(scores: np.ndarray, ids: np.ndarray, langs: list[str], languages: list[str]):
+    """The tie rule read off a sort: order every gallery by descending score with gold items after the
+    non-gold ones they tie with; the rank is 1 + the position of the first gold item."""
+    langs = np.asarray(langs)
+    ir = np.empty(scores.shape[1], dtype=np.int64)
+    for c in range(scores.shape[1]):
+        is_gold = np.arange(scores.shape[0]) == ids[c]
+        ir[c] = 1 + int(np.flatnonzero(is_gold[np.lexsort((is_gold, -scores[:, c]))])[0])
+    tr = np.full((scores.shape[0], len(languages)), np.nan)
+    for k, lang in enumerate(languages):
+        cols = np.flatnonzero(langs == lang)
+        for i in range(scores.shape[0]):
+            is_gold = ids[cols] == i
+            if is_gold.any():
+                tr[i, k] = 1 + int(np.flatnonzero(is_gold[np.lexsort((is_gold, -scores[i, cols]))])[0])
+    return tr, ir
+
+
+@st.composite
+def integer_problems(draw):
+    """Integer-valued scores from a handful of values (ties everywhere, constant matrices included)."""
+    num_images = draw(st.integers(1, 6))
+    num_texts = draw(st.integers(1, 12))
+    ids = np.array(draw(st.lists(st.integers(0, num_images - 1), min_size=num_texts, max_size=num_texts)))
+    langs = draw(st.lists(st.sampled_from(["en", "de", "ja"]), min_size=num_texts, max_size=num_texts))
+    high = draw(st.integers(0, 3))  # 0: every score equal
+    flat = draw(st.lists(st.integers(0, high), min_size=num_images * num_texts, max_size=num_images * num_texts))
+    return np.array(flat, dtype=np.float64).reshape(num_images, num_texts), ids, langs
+
+
+@settings(max_examples=150, deadline=None)
+@given(integer_problems(), st.sampled_from([1, 2, None]))
+def test_ranks_equal_a_direct_argsort_with_ties_blocked_or_not(problem_, chunk_size):
+    scores, ids, langs = problem_
+    languages = sorted(set(langs))
+    tr, ir = argsort_ranks(scores, ids, langs, languages)
+    ranks = ranks_from_scores(scores, ids, langs, chunk_size=chunk_size)
+    np.testing.assert_array_equal(ranks.ir_ranks, ir)
+    np.testing.assert_array_equal(ranks.tr_ranks, tr)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 7), st.integers(1, 10), st.integers(1, 4), st.sampled_from([1, 3, None]))
+def test_constant_embeddings_never_rank_a_gold_item_before_a_tie(num_images, num_texts, dim, chunk_size):
+    ids = np.arange(num_texts) % num_images
+    langs = ["en" if t % 2 else "de" for t in range(num_texts)]
+    ranks = compute_retrieval_ranks(np.ones((num_images, dim)), np.ones((num_texts, dim)), ids, langs,
+                                    chunk_size=chunk_size)
+    np.testing.assert_array_equal(ranks.ir_ranks, np.full(num_texts, num_images))  # every image ties: last
+    tr, _ = argsort_ranks(np.ones((num_images, num_texts)), ids, langs, ranks.languages)
+    np.testing.assert_array_equal(ranks.tr_ranks, tr)
