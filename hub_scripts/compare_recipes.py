@@ -98,7 +98,9 @@ def main() -> None:
         rows = run(config, seed, args.output, args.num_train_epochs, args.num_fusion_layers, args.rerank_top_k)
         for name, result in rows.items():
             results.setdefault(name, []).append(result)
-        table, summary = summarise(results)  # written after every run: a stopped comparison keeps what it has
+        # Written after every run: a stopped comparison keeps what it has; each row says over how many seeds.
+        table, summary = summarise({f"{name} ({len(runs)} seed{'s' * (len(runs) > 1)})": runs
+                                    for name, runs in results.items()})
         args.output.mkdir(parents=True, exist_ok=True)
         (args.output / "comparison.md").write_text(table)
         (args.output / "comparison.json").write_text(json.dumps(summary, indent=2) + "\n")
