@@ -35,6 +35,7 @@ from modeling_ccr.cli import run_cli  # noqa: E402
 from modeling_ccr.dataset_schema import check_ccr_dataset, dataset_languages, filter_languages  # noqa: E402
 from modeling_ccr.objectives import check_objective  # noqa: E402
 from modeling_ccr.presets import resolve_tower, text_presets, vision_presets  # noqa: E402
+from modeling_ccr.recipes import CCRK_COMPOSITION, RECIPES, STAGES, recipe_config, stage_settings  # noqa: E402
 from modeling_ccr.results import RetrievalResults, dataset_name  # noqa: E402
 from modeling_ccr.run_folder import (  # noqa: E402
     STAGING_PREFIX,
@@ -74,6 +75,20 @@ class ModelArguments:
     projection_dim: int = field(default=256, metadata={"help": "Dimension of the shared embedding space."})
     num_fusion_layers: int = field(
         default=0, metadata={"help": "Fusion layers for MITM and CMLM; 0 trains a pure dual encoder (ITC only)."}
+    )
+    recipe: str = field(
+        default="package",
+        metadata={"help": f"Model and objective settings: {', '.join(RECIPES)}. 'ccrk' = the authors' released code "
+                  "(MITM sampling, span masking, MLP ITM head, raw-logit re-ranking, ITC / K); see "
+                  "docs/ccrk_differences.md. Options given explicitly win."},
+    )
+    stage: str = field(
+        default="single",
+        metadata={"help": f"Stage of the two-stage recipe: {', '.join(STAGES)}. pretrain = 1-to-K + MITM + CMLM; "
+                  "finetune = pairwise soft-label ITC + ITM from --init_from, evaluated with re-ranking (top 16)."},
+    )
+    init_from: str | None = field(
+        default=None, metadata={"help": "A model folder to start from (the pretrain stage's <output_dir>/model)."}
     )
 
 
@@ -152,7 +167,30 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, Data
         raise ValueError(f"--languages must name at least one language, got {data_args.languages!r}")
     if training_args.overwrite_output_dir and training_args.resume_from_checkpoint:
         raise ValueError("--overwrite_output_dir and --resume_from_checkpoint contradict each other: choose one")
+    apply_recipe_and_stage(model_args, data_args, training_args, _given_options(sys.argv[1:] if argv is None else argv))
     return model_args, data_args, training_args
+
+
+def _given_options(argv: list[str]) -> set[str]:
+    """Names of the options written on the command line (``--name value`` or ``--name=value``)."""
+    return {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
+
+
+def apply_recipe_and_stage(model_args: ModelArguments, data_args: DataArguments, training_args, given: set[str]) -> None:
+    """Write ``--recipe`` / ``--stage`` settings into the arguments, except those given explicitly."""
+    stage = stage_settings(model_args.stage)
+    config = recipe_config(model_args.recipe)
+    for name, value in stage.items():
+        target = data_args if name == "rerank_top_k" else training_args
+        if name not in given:
+            setattr(target, name, value)
+    for name in ("mlm_probability", "itc_divide_by_k"):  # training arguments the trainer writes into the config
+        if name in config and name not in given:
+            setattr(training_args, name, config[name])
+    if model_args.stage == "finetune" and not model_args.init_from:
+        raise ValueError("--stage finetune starts from a pre-trained model: give --init_from <pretrain output>/model")
+    if model_args.stage == "pretrain" and model_args.num_fusion_layers < 1 and not model_args.init_from:
+        raise ValueError("--stage pretrain trains MITM and CMLM: give --num_fusion_layers >= 1")
 
 
 def load_stream_splits(data_args: DataArguments, seed: int) -> dict[str, object]:
@@ -237,9 +275,28 @@ def build_processor(model_args: ModelArguments, train_split, vision_path: str | 
     return CCRProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
+def _recipe_fields(model_args: ModelArguments) -> dict:
+    """The recipe's config fields, less the two the trainer writes from its arguments."""
+    return {k: v for k, v in recipe_config(model_args.recipe).items() if k not in ("mlm_probability", "itc_divide_by_k")}
+
+
+def load_initial_model(model_args: ModelArguments) -> tuple[CCRModel, CCRProcessor]:
+    """``--init_from``: the model and processor of an earlier stage, with this run's recipe behaviours.
+
+    The ITM head's shape comes with the checkpoint (``itm_head_type`` is not changed)."""
+    model = CCRModel.from_pretrained(model_args.init_from)
+    for name, value in _recipe_fields(model_args).items():
+        if name != "itm_head_type":
+            setattr(model.config, name, value)
+    return model, CCRProcessor.from_pretrained(model_args.init_from)
+
+
 def build_model(model_args: ModelArguments, tokenizer, vision_config, vision_path, text_config, text_path) -> CCRModel:
     options = dict(projection_dim=model_args.projection_dim, num_fusion_layers=model_args.num_fusion_layers)
+    options.update(_recipe_fields(model_args))
     if vision_path or text_path:
+        if model_args.recipe == "ccrk" and text_path:
+            options.update(CCRK_COMPOSITION)
         return CCRModel.from_vision_text_pretrained(vision_path or vision_config, text_path or text_config, **options)
     text_config.vocab_size = len(tokenizer)
     text_config.pad_token_id = tokenizer.pad_token_id
@@ -357,8 +414,11 @@ def run(prepared: PreparedRun) -> dict:
     (vision_config, vision_path), (text_config, text_path) = prepared.vision, prepared.text
     train_split = prepared.splits[data_args.train_split]
     torch.manual_seed(training_args.seed)
-    processor = build_processor(model_args, train_split, vision_path, text_path)
-    model = build_model(model_args, processor.tokenizer, vision_config, vision_path, text_config, text_path)
+    if model_args.init_from:
+        model, processor = load_initial_model(model_args)
+    else:
+        processor = build_processor(model_args, train_split, vision_path, text_path)
+        model = build_model(model_args, processor.tokenizer, vision_config, vision_path, text_config, text_path)
     eval_split = prepared.splits.get(data_args.eval_split) if data_args.eval_split else None
     if eval_split is None:
         training_args.eval_strategy = "no"
@@ -385,7 +445,7 @@ def run(prepared: PreparedRun) -> dict:
         languages=prepared.languages, rerank_top_k=data_args.rerank_top_k,
     )
     results = RetrievalResults.from_json(metrics)
-    results.model = "CCR-1toK " + ("dual encoder" if model_args.num_fusion_layers == 0 else "with fusion layers")
+    results.model = "CCR-1toK " + ("dual encoder" if model.fusion is None else "with fusion layers")
     results.dataset = dataset_name(data_args.dataset)
     results.split = data_args.test_split
     results.rerank_top_k = data_args.rerank_top_k
@@ -397,6 +457,7 @@ def run(prepared: PreparedRun) -> dict:
         sizes = {name: len(split) for name, split in prepared.splits.items() if hasattr(split, "__len__")}
         if (record := held_out_record(source, sizes)) is not None:
             results.extra["held_out_split"] = record
+    results.extra["recipe"], results.extra["stage"] = model_args.recipe, model_args.stage
     if not hasattr(train_split, "__len__"):  # a stream: bad samples it skipped (warnings name shard and key)
         from modeling_ccr.streaming import stream_skipped
 

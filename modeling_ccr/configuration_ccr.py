@@ -13,6 +13,10 @@ except ImportError:  # pragma: no cover - older 5.x releases
 
 _POOLING_VISION = ("auto", "pooler", "cls", "mean")
 _POOLING_TEXT = ("cls", "pooler", "mean")
+_SAMPLING = ("softmax", "ccrk")
+_MLM_MASKING = ("bernoulli", "ccrk")
+_ITM_HEADS = ("linear", "mlp")
+_ITM_SCORES = ("logit_diff", "positive_logit")
 
 
 def _as_config(value: Any, default_type: str, name: str) -> PretrainedConfig:
@@ -61,6 +65,24 @@ class CCRConfig(PretrainedConfig):
             CMLM. `CCRTrainer` masks with it (and writes its `--mlm_probability` here, so config.json records the
             rate that ran); `forward` itself never masks, it reads CMLM inputs from `mlm_input_ids` / `mlm_labels`.
         mask_token_id (`int`, *optional*): id of the tokenizer's mask token, recorded with the model.
+        positive_sampling (`str`, defaults to "softmax"): how MITM draws each image's positive caption (the one CMLM
+            also reads). "softmax": softmax(-s_ij) over the image's captions (sharply favours the least similar one);
+            "ccrk": the authors' code, probability proportional to M - p_ij + 1e-5 with p the image's softmax over all
+            texts and M the largest p of the batch (flatter
+            for most images; the caption holding M itself is almost never drawn).
+        negative_sampling (`str`, defaults to "softmax"): how MITM draws hard negatives (a text per image, an image
+            per positive text). "softmax": softmax of the similarities over the negatives only; "ccrk": the authors'
+            code, softmax over all candidates including the positives, + 1e-5, positives then set to 0 (flatter).
+        mlm_masking (`str`, defaults to "bernoulli"): the CMLM masking rule of `modeling_ccr.masking`. "bernoulli":
+            each token with probability `mlm_probability`; "ccrk": the authors' code, exactly
+            min(`mlm_max_masks`, max(1, round(`mlm_probability` * n))) tokens of a text of n tokens (specials
+            included in n), spans of 2..`mlm_max_span` tokens with probability `mlm_span_probability`.
+        mlm_max_masks, mlm_span_probability, mlm_max_span (`int`, `float`, `int`; 12, 0.2, 3): the "ccrk" masking's
+            cap, span probability and longest span (the authors' Pretrain.yaml: max_masks, skipgram_prb/_size).
+        itm_head_type (`str`, defaults to "linear"): "linear" = one Linear(hidden, 2); "mlp" = the authors' head,
+            Linear(hidden, 2 hidden) -> LayerNorm -> GELU -> Linear(2 hidden, 2).
+        itm_score (`str`, defaults to "logit_diff"): the re-ranking score of `itm_scores`: "logit_diff" =
+            logit(match) - logit(no match) (the log-odds); "positive_logit" = the raw match logit (the authors').
         vision_pooling (`str`, defaults to "auto"): "auto" = the tower's pooler_output when it has one (ViT pooler,
             CLIP post-LN CLS, SigLIP head, Swin average pool), else mean of tokens; "pooler"; "cls"; "mean".
         text_pooling (`str`, defaults to "cls"): "cls" = hidden state of the first token ([CLS] / <s>),
@@ -92,6 +114,14 @@ class CCRConfig(PretrainedConfig):
     gather_across_processes: bool = True
     mlm_probability: float = 0.15
     mask_token_id: int | None = None
+    positive_sampling: str = "softmax"
+    negative_sampling: str = "softmax"
+    mlm_masking: str = "bernoulli"
+    mlm_max_masks: int = 12
+    mlm_span_probability: float = 0.2
+    mlm_max_span: int = 3
+    itm_head_type: str = "linear"
+    itm_score: str = "logit_diff"
     vision_pooling: str = "auto"
     text_pooling: str = "cls"
     initializer_range: float = 0.02
@@ -118,6 +148,16 @@ class CCRConfig(PretrainedConfig):
             raise ValueError(f"vision_pooling must be one of {_POOLING_VISION}, got {self.vision_pooling!r}")
         if self.text_pooling not in _POOLING_TEXT:
             raise ValueError(f"text_pooling must be one of {_POOLING_TEXT}, got {self.text_pooling!r}")
+        for name, allowed in (
+            ("positive_sampling", _SAMPLING), ("negative_sampling", _SAMPLING), ("mlm_masking", _MLM_MASKING),
+            ("itm_head_type", _ITM_HEADS), ("itm_score", _ITM_SCORES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if int(self.mlm_max_masks) < 1 or int(self.mlm_max_span) < 1:
+            raise ValueError(f"mlm_max_masks and mlm_max_span must be >= 1, got {self.mlm_max_masks}, {self.mlm_max_span}")
+        if not 0.0 <= float(self.mlm_span_probability) <= 1.0:
+            raise ValueError(f"mlm_span_probability must be in [0, 1], got {self.mlm_span_probability}")
         for name in ("itc_weight", "itm_weight", "mlm_weight"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

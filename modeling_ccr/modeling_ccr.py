@@ -198,6 +198,16 @@ class CCRMLMHead(nn.Module):
         return self.decoder(self.norm(F.gelu(self.dense(hidden))))
 
 
+def _itm_head(config: CCRConfig, hidden: int, eps: float) -> nn.Module:
+    """One Linear (`itm_head_type="linear"`, the default) or the authors' MLP (`"mlp"`): Linear(h, 2h) -> LayerNorm
+    -> GELU -> Linear(2h, 2)."""
+    if getattr(config, "itm_head_type", "linear") == "mlp":
+        return nn.Sequential(
+            nn.Linear(hidden, 2 * hidden), nn.LayerNorm(2 * hidden, eps=eps), nn.GELU(), nn.Linear(2 * hidden, 2)
+        )
+    return nn.Linear(hidden, 2)
+
+
 class CCRFusionEncoder(nn.Module):
     """The fusion encoder with its two heads, the part of the model behind MITM, CMLM and ITM re-ranking.
 
@@ -218,7 +228,7 @@ class CCRFusionEncoder(nn.Module):
         self.layers = nn.ModuleList(
             [CCRFusionLayer(hidden, heads, inter, dropout, eps) for _ in range(config.num_fusion_layers)]
         )
-        self.itm_head = nn.Linear(hidden, 2)
+        self.itm_head = _itm_head(config, hidden, eps)
         self.mlm_head = CCRMLMHead(hidden, int(config.text_config.vocab_size), eps)
 
     def image_tokens(self, vision_hidden_state: torch.Tensor) -> torch.Tensor:
@@ -232,6 +242,45 @@ class CCRFusionEncoder(nn.Module):
         for layer in self.layers:
             text_hidden = layer(text_hidden, text_mask, image_tokens)
         return text_hidden
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# MITM sampling: the package's rules and the authors' (config.positive_sampling / negative_sampling).
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def hardest_positive_probabilities(sim: torch.Tensor, positive: torch.Tensor, rule: str = "softmax") -> torch.Tensor:
+    """Per row (image), the probability of drawing each column (text) as its MITM positive; 0 off `positive`.
+
+    `sim` (B, T) are logits `v_i . t_j / tau`, `positive` (B, T) bool marks each image's captions (every row with
+    at least one). "softmax": softmax(-s_ij) over the row's positives (the least similar caption is the likeliest).
+    "ccrk" (the authors' code): with p = softmax_j(s_ij) over all texts and M the largest p of the matrix,
+    probability proportional to M - p_ij + 1e-5 over the row's positives (flatter for most rows; the
+    text holding M itself is almost never drawn).
+    """
+    sim = sim.float()
+    if rule == "softmax":
+        return (-sim).masked_fill(~positive, float("-inf")).softmax(dim=1)
+    if rule == "ccrk":
+        p = sim.softmax(dim=1)
+        weights = ((p.max() - p) + 1e-5).masked_fill(~positive, 0.0)
+        return weights / weights.sum(dim=1, keepdim=True)
+    raise ValueError(f"unknown positive_sampling {rule!r}; choose 'softmax' or 'ccrk'")
+
+
+def hard_negative_probabilities(sim: torch.Tensor, positive: torch.Tensor, rule: str = "softmax") -> torch.Tensor:
+    """Per row (query), the probability of drawing each column as its hard negative; 0 on `positive`.
+
+    "softmax": softmax of `sim` over the row's negatives only. "ccrk" (the authors' code): softmax over the whole
+    row, positives included, + 1e-5, then the positives set to 0 (flatter: the positives' share is spread out).
+    """
+    sim = sim.float()
+    if rule == "softmax":
+        return sim.masked_fill(positive, float("-inf")).softmax(dim=1)
+    if rule == "ccrk":
+        weights = (sim.softmax(dim=1) + 1e-5).masked_fill(positive, 0.0)
+        return weights / weights.sum(dim=1, keepdim=True)
+    raise ValueError(f"unknown negative_sampling {rule!r}; choose 'softmax' or 'ccrk'")
 
 
 # State-dict keys written before the fusion encoder became one module (CCRModel.from_pretrained renames them).
@@ -418,6 +467,34 @@ class CCRModel(PreTrainedModel):
         return self.text_projection(self._pool_text(outputs, attention_mask))
 
     # ---------------------------------------------------------------- fusion (stage 2)
+    def init_mlm_head_from_text_lm(self, lm_model: PreTrainedModel) -> None:
+        """Copy a masked-LM's head (BERT's `cls.predictions`, XLM-R's `lm_head`: dense -> act -> LayerNorm ->
+        decoder) into the CMLM head, as the authors' code starts from the text encoder's LM head.
+
+        Raises a ValueError when `lm_model` has no head of that shape (hidden size and vocabulary must match).
+        """
+        head = self._require_fusion().mlm_head
+        decoder = lm_model.get_output_embeddings()
+        head_modules = [m for name, m in lm_model.named_modules() if name.startswith(("cls.", "lm_head"))]
+        dense = next((m for m in head_modules if isinstance(m, nn.Linear) and m is not decoder), None)
+        norm = next((m for m in head_modules if isinstance(m, nn.LayerNorm)), None)
+        shapes_fit = (
+            isinstance(decoder, nn.Linear) and dense is not None and norm is not None
+            and decoder.weight.shape == head.decoder.weight.shape and dense.weight.shape == head.dense.weight.shape
+        )
+        if not shapes_fit:
+            raise ValueError(
+                f"{type(lm_model).__name__} has no masked-LM head of the CMLM head's shape "
+                f"(vocabulary {head.decoder.weight.shape[0]}, hidden {head.dense.weight.shape[0]})"
+            )
+        with torch.no_grad():
+            head.dense.load_state_dict(dense.state_dict())
+            head.norm.load_state_dict(norm.state_dict())
+            head.decoder.weight.copy_(decoder.weight)
+            bias = decoder.bias if decoder.bias is not None else getattr(lm_model.cls.predictions, "bias", None)
+            if bias is not None:
+                head.decoder.bias.copy_(bias)
+
     def _require_fusion(self) -> CCRFusionEncoder:
         if self.fusion is None:
             raise ValueError("this model has no fusion encoder (config.num_fusion_layers == 0): no ITM / MLM")
@@ -433,7 +510,8 @@ class CCRModel(PreTrainedModel):
     ) -> torch.Tensor:
         """Match logits (P,) for P (image, text) pairs: image_tokens (P, N, H), input_ids/attention_mask (P, L).
 
-        The logit is log p(match) - log p(no match) of the ITM head, so higher means a better match.
+        Higher means a better match. `config.itm_score`: "logit_diff" (default) = logit(match) - logit(no match),
+        i.e. log p(match) - log p(no match); "positive_logit" = the raw match logit, as the authors' code ranks.
         """
         fusion = self._require_fusion()
         if image_tokens.shape[0] != input_ids.shape[0]:
@@ -442,14 +520,15 @@ class CCRModel(PreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         text_hidden = self._run_text(input_ids, attention_mask).last_hidden_state
         logits = fusion.itm_head(fusion(text_hidden, attention_mask, image_tokens)[:, 0])
+        if getattr(self.config, "itm_score", "logit_diff") == "positive_logit":
+            return logits[:, 1]
         return logits[:, 1] - logits[:, 0]
 
     # ---------------------------------------------------------------- objectives
     @staticmethod
-    def _sample(weights_logits: torch.Tensor) -> torch.Tensor:
-        """One index per row, sampled with softmax(weights_logits) (entries at -inf are never drawn)."""
-        probs = weights_logits.float().softmax(dim=1)
-        return torch.multinomial(probs, 1).squeeze(1)
+    def _sample(probabilities: torch.Tensor) -> torch.Tensor:
+        """One index per row, drawn with the row's probabilities (zeros are never drawn)."""
+        return torch.multinomial(probabilities, 1).squeeze(1)
 
     def fusion_losses(
         self,
@@ -479,16 +558,19 @@ class CCRModel(PreTrainedModel):
             sim = (image_embeds @ text_embeds.t()) / self.temperature  # (B, T)
             positive = ids[None, :] == torch.arange(B, device=device)[:, None]
             images = torch.nonzero(positive.any(dim=1)).squeeze(1)  # images with >= 1 text
-            neg_inf = torch.finfo(sim.dtype).min
-            # Hardest positive: the image's least similar caption is the most likely draw.
-            pos_text = self._sample((-sim).masked_fill(~positive, neg_inf)[images])
+            positive_rule = getattr(self.config, "positive_sampling", "softmax")
+            negative_rule = getattr(self.config, "negative_sampling", "softmax")
+            # Hardest positive: the image's less similar captions are the likelier draws.
+            pos_text = self._sample(hardest_positive_probabilities(sim, positive, positive_rule)[images])
         loss_itm = None
         if self.config.itm_weight > 0 and images.numel() >= 2:
             with torch.no_grad():
-                neg_text = self._sample(sim.masked_fill(positive, neg_inf)[images])  # all languages
-                sim_t2i = sim[:, pos_text].t().clone()  # (B', B)
-                sim_t2i[torch.arange(images.numel(), device=device), images] = neg_inf
-                neg_image = self._sample(sim_t2i)
+                # A negative text for each image, among all languages.
+                neg_text = self._sample(hard_negative_probabilities(sim[images], positive[images], negative_rule))
+                # A negative image for each positive text, among the images of the batch.
+                own_image = torch.zeros(images.numel(), B, dtype=torch.bool, device=device)
+                own_image[torch.arange(images.numel(), device=device), images] = True
+                neg_image = self._sample(hard_negative_probabilities(sim[:, pos_text].t(), own_image, negative_rule))
             img_idx = torch.cat([images, images, neg_image])
             txt_idx = torch.cat([pos_text, neg_text, pos_text])
             fused = fusion(text_hidden[txt_idx], attention_mask[txt_idx], image_tokens[img_idx])
@@ -638,7 +720,8 @@ class CCRModel(PreTrainedModel):
 
         Keyword arguments named like CCRConfig fields (projection_dim, num_fusion_layers, vision_pooling, ...) go to
         the config; other `vision_*` / `text_*` arguments go to the towers' `from_pretrained` (e.g.
-        `vision_model=<instance>` or `text_revision=...`). A composite checkpoint such as CLIP or SigLIP gives its
+        `vision_model=<instance>` or `text_revision=...`). `mlm_head_from_text_lm=True` starts the CMLM head from
+        the text checkpoint's masked-LM head (the authors' code does; see `init_mlm_head_from_text_lm`). A composite checkpoint such as CLIP or SigLIP gives its
         vision tower. The projections, temperature and fusion layers are newly initialised.
         """
         config_fields = set(CCRConfig.__dataclass_fields__) if hasattr(CCRConfig, "__dataclass_fields__") else set()
@@ -667,8 +750,14 @@ class CCRModel(PreTrainedModel):
             if text_model_name_or_path is None:
                 raise ValueError("give text_model_name_or_path (or text_model=<a PreTrainedModel>)")
             text_model = _load_tower(text_model_name_or_path, "text_config", text_pooling == "pooler", text_kwargs)
+        mlm_head_from_lm = bool(config_kwargs.pop("mlm_head_from_text_lm", False))
         config = CCRConfig.from_vision_text_configs(vision_model.config, text_model.config, **config_kwargs)
-        return cls(config=config, vision_model=vision_model, text_model=text_model)
+        model = cls(config=config, vision_model=vision_model, text_model=text_model)
+        if mlm_head_from_lm and model.fusion is not None and text_model_name_or_path is not None:
+            from transformers import AutoModelForMaskedLM
+
+            model.init_mlm_head_from_text_lm(AutoModelForMaskedLM.from_pretrained(text_model_name_or_path, **text_kwargs))
+        return model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
         """Save as safetensors (the default) and ship processing_ccr.py beside the model files.
@@ -732,4 +821,7 @@ def _load_tower(path: str, key: str, keep_pooler: bool, kwargs: dict[str, Any]) 
 CCRModel.register_for_auto_class("AutoModel")
 _EXTRA_AUTO_MAP = {"AutoModelForZeroShotImageClassification": "modeling_ccr.CCRModel"}
 
-__all__ = ["CCRFusionEncoder", "CCRModel", "CCROutput", "one_to_k_contrastive_loss", "one_to_k_loss_from_logits"]
+__all__ = [
+    "hard_negative_probabilities",
+    "hardest_positive_probabilities",
+    "CCRFusionEncoder", "CCRModel", "CCROutput", "one_to_k_contrastive_loss", "one_to_k_loss_from_logits"]

@@ -16,6 +16,9 @@ per step; ``hub_scripts/train.py --loss_type`` and ``hub_scripts/compare_objecti
 - ``per_language``: a separate CLIP loss per language, averaged (cross-modal style, one language per loss).
 - ``pivot``: CLIP between images and English captions, plus a text-to-text contrastive loss that pulls
   every other language onto the English caption of the same image (cross-lingual style).
+- ``pairwise_soft``: the fine-tuning ITC of the authors' code (X-VLM's): one (image, caption) pair per image, the
+  caption in a language drawn each step (their fine-tuning data is one pair per sample), and a pairwise softmax
+  whose targets are spread evenly over every pair of the same image (soft labels).
 
 Adding an objective: docs/adding_an_objective.md.
 """
@@ -160,17 +163,49 @@ def one_to_k_loss(
     return one_to_k_contrastive_loss(image_embeds, text_embeds, text_image_ids, temperature, divide_by_k=divide_by_k)
 
 
+def _one_caption_per_image(text_image_ids: torch.Tensor, num_images: int) -> torch.Tensor:
+    """Mask (T,) keeping one caption per image, drawn uniformly among that image's captions this step."""
+    scores = torch.rand(text_image_ids.shape, device=text_image_ids.device)
+    best = torch.full((num_images,), -1.0, device=scores.device).scatter_reduce(
+        0, text_image_ids, scores, reduce="amax"
+    )
+    return scores == best[text_image_ids]
+
+
 def one_to_one_loss(
     image_embeds, text_embeds, text_image_ids, text_language_ids, temperature, *, pivot_language_id=None,
     divide_by_k=False,
 ) -> torch.Tensor:
     """CLIP loss on one caption per image, drawn uniformly among that image's captions this step."""
-    scores = torch.rand(text_image_ids.shape, device=text_image_ids.device)
-    best = torch.full((image_embeds.shape[0],), -1.0, device=scores.device).scatter_reduce(
-        0, text_image_ids, scores, reduce="amax"
-    )
-    keep = scores == best[text_image_ids]
+    keep = _one_caption_per_image(text_image_ids, image_embeds.shape[0])
     return _subset_loss(image_embeds, text_embeds, text_image_ids, keep, temperature)
+
+
+def pairwise_soft_label_loss(
+    pair_image_embeds: torch.Tensor, pair_text_embeds: torch.Tensor, pair_ids: torch.Tensor, temperature
+) -> torch.Tensor:
+    """X-VLM's ITC over P (image, text) pairs with soft labels: pairs sharing an id are each other's positives.
+
+    With ``s = v_a . t_b / tau`` (P, P) and ``y_ab = [id_a == id_b] / #{b' : id_b' == id_a}``:
+    ``L = (mean_a [-sum_b y_ab log softmax_b(s_a.)_b] + mean_b [-sum_a y_ba log softmax_a(s_.b)_a]) / 2``.
+    With distinct ids it is the CLIP loss.
+    """
+    logits = pair_image_embeds @ pair_text_embeds.t() / temperature
+    same = (pair_ids[:, None] == pair_ids[None, :]).to(logits.dtype)
+    labels = same / same.sum(dim=1, keepdim=True)
+    loss_i2t = -(logits.log_softmax(dim=1) * labels).sum(dim=1).mean()
+    loss_t2i = -(logits.t().log_softmax(dim=1) * labels).sum(dim=1).mean()
+    return (loss_i2t + loss_t2i) / 2
+
+
+def pairwise_soft_loss(
+    image_embeds, text_embeds, text_image_ids, text_language_ids, temperature, *, pivot_language_id=None,
+    divide_by_k=False,
+) -> torch.Tensor:
+    """The authors' fine-tuning ITC: one caption per image (language drawn this step), soft-label pairwise loss."""
+    keep = _one_caption_per_image(text_image_ids, image_embeds.shape[0])
+    ids = text_image_ids[keep]
+    return pairwise_soft_label_loss(image_embeds[ids], text_embeds[keep], ids, temperature)
 
 
 def per_language_loss(
@@ -244,6 +279,9 @@ OBJECTIVES: dict[str, Objective] = {
     "pivot": Objective(
         pivot_loss, "CLIP on image-English plus text-text from every other language to English", PIVOT_LANGUAGE
     ),
+    "pairwise_soft": Objective(
+        pairwise_soft_loss, "the authors' fine-tuning ITC: one pair per image, X-VLM's soft labels over same-image pairs"
+    ),
 }
 LOSS_TYPES = tuple(OBJECTIVES)
 
@@ -305,5 +343,6 @@ __all__ = [
     "objectives_help",
     "one_to_k_contrastive_loss",
     "one_to_k_loss_from_logits",
+    "pairwise_soft_label_loss",
     "pivot_language_id",
 ]

@@ -265,7 +265,7 @@ class CCRTrainer(Trainer):
         if config.num_fusion_layers > 0 and config.mlm_weight > 0 and config.mlm_probability > 0:
             if self.processing_class is None:
                 raise ValueError("CMLM masking needs processing_class=<CCRProcessor> (for the tokenizer)")
-            inputs = add_mlm_inputs(inputs, self.processing_class.tokenizer, config.mlm_probability)
+            inputs = add_mlm_inputs(inputs, self.processing_class.tokenizer, config.mlm_probability, config)
         return inputs
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):

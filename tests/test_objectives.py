@@ -21,6 +21,7 @@ from modeling_ccr.objectives import (
     contrastive_objective,
     gather_for_contrastive,
     objectives_help,
+    pairwise_soft_label_loss,
     pivot_language_id,
 )
 
@@ -190,6 +191,45 @@ def test_one_to_one_matches_reference_loop():
     assert abs(float(single) - reference_loss(image, text[:4], torch.arange(4), 0.07)) <= 1e-9
 
 
+def _pairwise_soft_reference(image_embeds, text_embeds, ids, temperature):
+    """X-VLM's soft-label ITC over pairs (pair a: image_embeds[a], text_embeds[a]), written out with loops."""
+    P = len(ids)
+    s = [[float(image_embeds[a] @ text_embeds[b]) / temperature for b in range(P)] for a in range(P)]
+    i2t = t2i = 0.0
+    for a in range(P):
+        same = [b for b in range(P) if ids[b] == ids[a]]
+        row_norm = math.log(sum(math.exp(s[a][b]) for b in range(P)))
+        col_norm = math.log(sum(math.exp(s[b][a]) for b in range(P)))
+        i2t += -sum(s[a][b] - row_norm for b in same) / len(same)
+        t2i += -sum(s[b][a] - col_norm for b in same) / len(same)
+    return (i2t / P + t2i / P) / 2
+
+
+def test_pairwise_soft_labels_spread_over_pairs_of_the_same_image():
+    torch.manual_seed(4)
+    image = F.normalize(torch.randn(5, 8, dtype=torch.float64), dim=-1)
+    text = F.normalize(torch.randn(5, 8, dtype=torch.float64), dim=-1)
+    ids = torch.tensor([0, 1, 0, 2, 1])  # pairs 0 and 2 (and 1 and 4) show the same image
+    got = pairwise_soft_label_loss(image[ids], text, ids, 0.07)
+    want = _pairwise_soft_reference(image[ids], text, ids.tolist(), 0.07)
+    assert abs(float(got) - want) <= 1e-9 * max(1.0, abs(want))
+
+
+def test_pairwise_soft_objective_draws_one_pair_per_image_like_one_to_one():
+    """One caption per image, drawn as one_to_one draws it; with distinct images the soft labels are one-hot, so
+    the loss is one_to_one's CLIP loss of the same draw."""
+    image, text, ids, languages = _baseline_batch()
+    torch.manual_seed(11)
+    got = contrastive_objective("pairwise_soft", image, text, ids, languages, 0.07)
+    torch.manual_seed(11)
+    draws = torch.rand(len(BASELINE_IDS)).tolist()
+    kept = [max((j for j in range(len(BASELINE_IDS)) if BASELINE_IDS[j] == i), key=lambda j: draws[j]) for i in range(4)]
+    want = _pairwise_soft_reference(image[[BASELINE_IDS[j] for j in kept]], text[kept], [BASELINE_IDS[j] for j in kept], 0.07)
+    assert abs(float(got) - want) <= 1e-9 * max(1.0, abs(want))
+    torch.manual_seed(11)
+    assert abs(float(contrastive_objective("one_to_one", image, text, ids, languages, 0.07)) - float(got)) <= 1e-9
+
+
 def test_per_language_matches_reference_loop():
     image, text, ids, languages = _baseline_batch()
     got = contrastive_objective("per_language", image, text, ids, languages, 0.07)
@@ -236,11 +276,13 @@ def test_baselines_are_different_objectives():
     text_image_ids = torch.arange(4).repeat_interleave(3)
     language_ids = torch.tensor([0, 1, 2] * 4)
     tau = torch.tensor(0.07)
+    # pairwise_soft is left out: on a batch of distinct images it is one_to_one's loss (see its own test).
+    baselines = [name for name in LOSS_TYPES if name != "pairwise_soft"]
     values = {
         loss_type: contrastive_objective(loss_type, image, text, text_image_ids, language_ids, tau, pivot_language_id=1)
-        for loss_type in LOSS_TYPES
+        for loss_type in baselines
     }
-    assert len({round(float(v), 5) for v in values.values()}) == len(LOSS_TYPES), values
+    assert len({round(float(v), 5) for v in values.values()}) == len(baselines), values
     with pytest.raises(ValueError, match="English"):
         contrastive_objective("pivot", image, text, text_image_ids, language_ids, tau, pivot_language_id=None)
     no_english_for_last = language_ids.clone()
@@ -251,7 +293,7 @@ def test_baselines_are_different_objectives():
 
 # ---------------------------------------------------------------------------------------------------- the registry
 def test_registry_lists_every_objective_once():
-    assert LOSS_TYPES == tuple(OBJECTIVES) == ("one_to_k", "one_to_one", "per_language", "pivot")
+    assert LOSS_TYPES == tuple(OBJECTIVES) == ("one_to_k", "one_to_one", "per_language", "pivot", "pairwise_soft")
     for name in LOSS_TYPES:
         assert f"{name}: " in objectives_help()
 

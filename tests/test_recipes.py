@@ -1,0 +1,79 @@
+"""``train.py --recipe`` / ``--stage`` (modeling_ccr/recipes.py): what each sets, that explicit options win, the
+clear errors, and the two stages run end to end on a few EmojiCCR images (pretrain, then finetune from it)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modeling_ccr.recipes import CCRK_CONFIG
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _train_module():
+    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "hub_scripts" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_cli"] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recipe_and_stage_fill_the_arguments_and_explicit_options_win():
+    train = _train_module()
+    model_args, data_args, args = train.parse_arguments(
+        ["--recipe", "ccrk", "--stage", "pretrain", "--num_fusion_layers", "1", "--output_dir", "/tmp/x"]
+    )
+    assert args.loss_type == "one_to_k" and args.mlm_weight == 1.0 and args.itm_weight == 1.0
+    assert args.mlm_probability == CCRK_CONFIG["mlm_probability"] and args.itc_divide_by_k is True
+    assert train._recipe_fields(model_args)["positive_sampling"] == "ccrk"
+    _, data_args, args = train.parse_arguments(
+        ["--recipe", "ccrk", "--stage", "finetune", "--init_from", "m", "--mlm_probability", "0.2",
+         "--rerank_top_k", "4", "--output_dir", "/tmp/x"]
+    )
+    assert args.loss_type == "pairwise_soft" and args.mlm_weight == 0.0
+    assert args.mlm_probability == 0.2 and data_args.rerank_top_k == 4  # given explicitly: kept
+    _, data_args, args = train.parse_arguments(["--output_dir", "/tmp/x"])  # the main job: nothing changes
+    assert args.loss_type == "one_to_k" and args.mlm_probability is None and data_args.rerank_top_k == 0
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--stage", "finetune"], "--init_from"),
+        (["--stage", "pretrain"], "--num_fusion_layers"),
+        (["--recipe", "x-vlm"], "unknown recipe"),
+        (["--stage", "warmup"], "unknown stage"),
+    ],
+)
+def test_bad_recipe_or_stage_is_a_clear_error(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        _train_module().parse_arguments([*argv, "--output_dir", "/tmp/x"])
+    assert message in capsys.readouterr().err
+
+
+def test_two_stages_run_end_to_end(tmp_path):
+    """Pretrain (1-to-K + MITM + CMLM, ccrk recipe) on 16 images, then finetune from it; the saved configs and
+    results say what ran (a few seconds each)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    common = ["--max_train_samples", "16", "--max_steps", "2", "--per_device_train_batch_size", "8",
+              "--eval_strategy", "no", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
+              "--recipe", "ccrk", "--test_split", "validation"]
+    pre = tmp_path / "pre"
+    subprocess.run([sys.executable, str(ROOT / "hub_scripts" / "train.py"), *common, "--stage", "pretrain",
+                    "--num_fusion_layers", "1", "--output_dir", str(pre)], check=True, env=env, capture_output=True)
+    config = json.loads((pre / "model" / "config.json").read_text())
+    assert config["itm_head_type"] == "mlp" and config["mlm_masking"] == "ccrk" and config["mlm_probability"] == 0.4
+    fine = tmp_path / "fine"
+    subprocess.run([sys.executable, str(ROOT / "hub_scripts" / "train.py"), *common, "--stage", "finetune",
+                    "--init_from", str(pre / "model"), "--rerank_top_k", "2", "--output_dir", str(fine)],
+                   check=True, env=env, capture_output=True)
+    results = json.loads((fine / "model" / "eval_results.json").read_text())
+    assert results["loss_type"] == "pairwise_soft" and results["rerank_top_k"] == 2 and results["stage"] == "finetune"
+    assert json.loads((fine / "model" / "config.json").read_text())["mlm_weight"] == 0.0
