@@ -29,7 +29,12 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy, Scheduler
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from modeling_ccr import CCRConfig, CCRModel, CCRProcessor  # noqa: E402
-from modeling_ccr.dataset_schema import check_ccr_dataset, dataset_languages, filter_languages  # noqa: E402
+from modeling_ccr.dataset_schema import (  # noqa: E402
+    check_ccr_dataset,
+    dataset_languages,
+    filter_languages,
+    restrict_language_coverage,
+)
 from modeling_ccr.objectives import check_objective  # noqa: E402
 from modeling_ccr.presets import resolve_tower, text_presets, vision_presets  # noqa: E402
 from modeling_ccr.results import RetrievalResults, dataset_name  # noqa: E402
@@ -58,6 +63,10 @@ class ModelArguments:
     projection_dim: int = field(default=256, metadata={"help": "Dimension of the shared embedding space."})
     num_fusion_layers: int = field(
         default=0, metadata={"help": "Fusion layers for MITM and CMLM; 0 trains a pure dual encoder (ITC only)."}
+    )
+    itc_divide_by_k: bool = field(
+        default=False, metadata={"help": "1-to-K ITC with the authors' released normalisation (sum over positives, "
+                                 "divided by K) instead of the paper's formula."}
     )
 
 
@@ -89,6 +98,11 @@ class DataArguments:
                                 "format above, or a small shard pattern)."}
     )
     shuffle_buffer: int = field(default=1000, metadata={"help": "Stream: samples per shuffle block and reader."})
+    language_coverage: str = field(
+        default="full", metadata={"help": "Training split only: 'full' keeps every caption; 'partial' keeps for each "
+                                  "image a random, fixed (--seed) subset of 1..K of its languages.",
+                                  "choices": ["full", "partial"]}
+    )
 
 
 @dataclass
@@ -131,6 +145,8 @@ def load_stream_splits(data_args: DataArguments, seed: int) -> dict[str, object]
         raise ValueError("training from a stream needs --eval_dataset (the evaluation and test data)")
     if data_args.max_train_samples:
         raise ValueError("--max_train_samples does not apply to a stream; bound training with --max_steps")
+    if data_args.language_coverage != "full":
+        raise ValueError("--language_coverage partial applies to in-memory datasets, not to a stream")
     languages = [lang.strip() for lang in data_args.languages.split(",")] if data_args.languages else None
     stream = open_stream(data_args.dataset, data_args.streaming, data_args.train_split, languages, seed,
                          data_args.shuffle_buffer)
@@ -178,6 +194,9 @@ def load_splits(data_args: DataArguments, seed: int = 0) -> dict[str, object]:
     for name, limit in limits.items():
         if name and limit:
             splits[name] = splits[name].select(range(min(limit, len(splits[name]))))
+    if data_args.train_split:
+        splits[data_args.train_split] = restrict_language_coverage(
+            splits[data_args.train_split], data_args.language_coverage, seed, name=f"split {data_args.train_split!r}")
     for name, split in splits.items():
         check_ccr_dataset(split, name=f"split {name!r}")
     return splits
@@ -205,7 +224,8 @@ def build_processor(model_args: ModelArguments, train_split, vision_path: str | 
 
 
 def build_model(model_args: ModelArguments, tokenizer, vision_config, vision_path, text_config, text_path) -> CCRModel:
-    options = dict(projection_dim=model_args.projection_dim, num_fusion_layers=model_args.num_fusion_layers)
+    options = dict(projection_dim=model_args.projection_dim, num_fusion_layers=model_args.num_fusion_layers,
+                   itc_divide_by_k=model_args.itc_divide_by_k)
     if vision_path or text_path:
         return CCRModel.from_vision_text_pretrained(vision_path or vision_config, text_path or text_config, **options)
     text_config.vocab_size = len(tokenizer)
