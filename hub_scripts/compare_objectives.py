@@ -97,7 +97,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=Path("outputs/compare"), help="folder for all runs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
+    parser.add_argument("--objectives", nargs="*", default=list(OBJECTIVES), choices=OBJECTIVES,
+                        help="objectives to compare (none: only the --divide_by_k row)")
     parser.add_argument("--num_train_epochs", type=float, default=15.0, help="the same budget for every run")
     parser.add_argument("--coverages", nargs="+", default=["full"], choices=LANGUAGE_COVERAGES,
                         help="training language coverage(s) (train.py --language_coverage); one table each")

@@ -64,10 +64,6 @@ class ModelArguments:
     num_fusion_layers: int = field(
         default=0, metadata={"help": "Fusion layers for MITM and CMLM; 0 trains a pure dual encoder (ITC only)."}
     )
-    itc_divide_by_k: bool = field(
-        default=False, metadata={"help": "1-to-K ITC with the authors' released normalisation (sum over positives, "
-                                 "divided by K) instead of the paper's formula."}
-    )
 
 
 @dataclass
@@ -224,8 +220,7 @@ def build_processor(model_args: ModelArguments, train_split, vision_path: str | 
 
 
 def build_model(model_args: ModelArguments, tokenizer, vision_config, vision_path, text_config, text_path) -> CCRModel:
-    options = dict(projection_dim=model_args.projection_dim, num_fusion_layers=model_args.num_fusion_layers,
-                   itc_divide_by_k=model_args.itc_divide_by_k)
+    options = dict(projection_dim=model_args.projection_dim, num_fusion_layers=model_args.num_fusion_layers)
     if vision_path or text_path:
         return CCRModel.from_vision_text_pretrained(vision_path or vision_config, text_path or text_config, **options)
     text_config.vocab_size = len(tokenizer)
