@@ -66,7 +66,7 @@ def test_ranks_match_a_direct_argsort_with_ties(seed, chunk_size):
     pool = np.bincount([LANGS.index(lang) for lang in langs], minlength=3) / len(langs)
     assert [metrics["language_share"]["pool"][lang] for lang in LANGS] == pytest.approx(100 * pool)
     is_gold = ids[None, :] == np.arange(len(images))[:, None]
-    for k, lang in enumerate(LANGS):
+    for lang in LANGS:
         cols = np.asarray(langs) == lang
         assert metrics["offset"]["matching"][lang] == pytest.approx(scores[:, cols][is_gold[:, cols]].mean())
         assert metrics["offset"]["non_matching"][lang] == pytest.approx(scores[:, cols][~is_gold[:, cols]].mean())
@@ -155,3 +155,46 @@ def test_partial_language_coverage_is_seeded_and_keeps_one_to_k_languages(tiny_d
         assert after == [c for c in before if c["language"] in kept]  # all captions of a kept language
     with pytest.raises(ValueError, match="coverage 'some' is not one of"):
         restrict_language_coverage(dataset, "some", seed=0)
+
+
+def test_model_card_row_and_report_panel_show_the_mixed_pool(tmp_path):
+    from PIL import Image
+
+    from modeling_ccr.model_card import render_model_card
+    from modeling_ccr.retrieval_report import save_report_plot
+    from tests._push_helpers import write_plain_model_folder
+
+    folder = write_plain_model_folder(tmp_path / "model")
+    assert "Mixed-language pool" not in render_model_card(folder).text  # an older eval_results.json
+    images, texts, ids, langs = problem(2)
+    ranks = compute_retrieval_ranks(images, texts, ids, langs)
+    results = results_from_ranks(ranks)
+    without = Image.open(save_report_plot(results.to_json(), ranks, tmp_path / "plain.png")).size
+    results.mixed = mixed_pool_metrics(compute_mixed_pool_ranks(images, texts, ids, langs))
+    results.save(folder / "eval_results.json")
+    text = render_model_card(folder).text
+    share = results.mixed["language_share"]
+    assert "Mixed-language pool" in text and "MRV_TR_mixed" in text
+    assert f"ja {share['top']['ja']:.1f}% ({share['pool']['ja']:.1f}%)" in text
+    with_panel = Image.open(save_report_plot(results.to_json(), ranks, tmp_path / "mixed.png")).size
+    assert with_panel[0] > without[0] * 1.2 and with_panel[1] == without[1]
+
+
+def test_trainer_metrics_include_the_mixed_pool():
+    from transformers import EvalPrediction
+
+    from modeling_ccr.trainer import RetrievalMetrics
+
+    images, texts, ids, langs = problem(0, num_images=5)
+    slots = np.zeros(len(ids), dtype=int)
+    for j in range(1, len(ids)):
+        slots[j] = slots[j - 1] + 1 if ids[j] == ids[j - 1] else 0
+    width = int(slots.max()) + 1
+    text_grid = np.zeros((5, width, texts.shape[1]))
+    label_grid = np.full((5, width), -100)
+    text_grid[ids, slots] = texts
+    label_grid[ids, slots] = [LANGS.index(lang) for lang in langs]
+    flat = RetrievalMetrics(LANGS)(EvalPrediction(predictions=(images, text_grid), label_ids=label_grid))
+    expected = mixed_pool_metrics(compute_mixed_pool_ranks(images, texts, ids, langs, languages=LANGS))
+    assert flat["mixed_r1"] == expected["recall"]["R@1"]
+    assert flat["mixed_offset_non_matching"] == pytest.approx(expected["offset"]["spread_non_matching"])
