@@ -198,3 +198,38 @@ def test_trainer_metrics_include_the_mixed_pool():
     expected = mixed_pool_metrics(compute_mixed_pool_ranks(images, texts, ids, langs, languages=LANGS))
     assert flat["mixed_r1"] == expected["recall"]["R@1"]
     assert flat["mixed_offset_non_matching"] == pytest.approx(expected["offset"]["spread_non_matching"])
+
+
+def test_train_rejects_an_unknown_language_coverage_before_training(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    train = Path(__file__).resolve().parents[1] / "hub_scripts" / "train.py"
+    completed = subprocess.run([sys.executable, str(train), "--language_coverage", "some", "--output_dir",
+                                str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert completed.returncode != 0 and "language_coverage" in completed.stderr and "Traceback" not in completed.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_comparison_table_has_the_mixed_pool_and_reads_partial_and_divide_by_k_runs(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "hub_scripts" / "compare_objectives.py"
+    spec = importlib.util.spec_from_file_location("compare_objectives", path)
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    images, texts, ids, langs = problem(4)
+    results = results_from_ranks(compute_retrieval_ranks(images, texts, ids, langs))
+    results.mixed = mixed_pool_metrics(compute_mixed_pool_ranks(images, texts, ids, langs))
+    runs = {}
+    for objective, folder in (("one_to_k", "one_to_k-partial-seed0"), (compare.DIVIDE_BY_K, "one_to_k_divide_by_k-partial-seed0")):
+        (tmp_path / folder / "model").mkdir(parents=True)
+        results.save(tmp_path / folder / "model" / "eval_results.json")
+        runs[objective] = [compare.run(objective, 0, tmp_path, 1.0, [], coverage="partial")]  # read, not trained
+    table, summary = compare.summarise(runs)
+    assert "| mixed R@1 | MRV_TR_mixed | top-10 max excess (pts) | offset spread ×100 |" in table.splitlines()[0]
+    assert summary[compare.DIVIDE_BY_K]["mixed R@1"] == [results.mixed["recall"]["R@1"], 0.0]
+    json.dumps(summary)
