@@ -37,10 +37,18 @@ TRAIN = Path(__file__).resolve().with_name("train.py")
 DIVIDE_BY_K = "one_to_k ÷K"  # 1-to-K with the authors' released normalisation (itc_divide_by_k)
 
 
-def run(objective: str, seed: int, output: Path, epochs: float, extra: list[str], coverage: str = "full") -> RetrievalResults:
+RESULTS = Path("model") / "eval_results.json"
+
+
+def run_folder(objective: str, seed: int, output: Path, coverage: str = "full") -> Path:
+    """Where one (objective, seed, coverage) run writes (full coverage keeps the folder names it always had)."""
     name = "one_to_k_divide_by_k" if objective == DIVIDE_BY_K else objective
-    folder = output / (f"{name}-seed{seed}" if coverage == "full" else f"{name}-{coverage}-seed{seed}")
-    results = folder / "model" / "eval_results.json"
+    return output / (f"{name}-seed{seed}" if coverage == "full" else f"{name}-{coverage}-seed{seed}")
+
+
+def run(objective: str, seed: int, output: Path, epochs: float, extra: list[str], coverage: str = "full") -> RetrievalResults:
+    folder = run_folder(objective, seed, output, coverage)
+    results = folder / RESULTS
     if not results.exists():
         loss = ["--loss_type", "one_to_k", "--itc_divide_by_k", "true"] if objective == DIVIDE_BY_K else ["--loss_type", objective]
         command = [
@@ -85,7 +93,9 @@ def summarise(results: dict[str, list[RetrievalResults]]) -> tuple[str, dict]:
             + f"{chance['TR']['R@1']:.2f}%, IR {chance['IR']['R@1']:.2f}%; mean recall by chance "
             + f"{statistics.mean(v for d in chance.values() for v in d.values()):.2f}%."
         )
-    runs = len(next(iter(results.values())))
+    counts = {objective: len(runs) for objective, runs in results.items()}
+    runs = next(iter(counts.values())) if len(set(counts.values())) == 1 else (
+        "the number of seeds per row (" + ", ".join(f"{o} {n}" for o, n in counts.items()) + ")")
     lines.append(f"\nRecall in %, mean ± std over {runs} seed(s); MRV lower is better (0 = every language ranks "
                  "each instance identically). Mixed pool: all captions of all languages at once; max excess = the "
                  "largest (share of one language in all top-10 results − its share of the pool), in points; offset "
@@ -104,6 +114,8 @@ def main() -> None:
                         help="training language coverage(s) (train.py --language_coverage); one table each")
     parser.add_argument("--divide_by_k", action="store_true",
                         help="a fifth row: one_to_k with the authors' released normalisation (itc_divide_by_k)")
+    parser.add_argument("--table_only", action="store_true",
+                        help="train nothing: the tables from the runs already in --output (the seeds each row has)")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="-- then options passed to train.py")
     args = parser.parse_args()
     extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
@@ -111,9 +123,14 @@ def main() -> None:
     results = {coverage: {objective: [] for objective in rows} for coverage in args.coverages}
     jobs = [(coverage, objective, seed) for seed in args.seeds for coverage in args.coverages for objective in rows]
     for coverage, objective, seed in tqdm(jobs, desc="runs"):
+        if args.table_only and not run_folder(objective, seed, args.output, coverage).joinpath(RESULTS).exists():
+            continue
         results[coverage][objective].append(run(objective, seed, args.output, args.num_train_epochs, extra, coverage))
     tables, summaries = [], {}
     for coverage, per_objective in results.items():
+        per_objective = {objective: runs for objective, runs in per_objective.items() if runs}
+        if not per_objective:
+            continue
         table, summaries[coverage] = summarise(per_objective)
         tables.append(f"### Training language coverage: {coverage}\n\n{table}")
     args.output.mkdir(parents=True, exist_ok=True)
