@@ -32,7 +32,12 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from modeling_ccr import CCRConfig, CCRModel, CCRProcessor  # noqa: E402
 from modeling_ccr.cli import run_cli  # noqa: E402
-from modeling_ccr.dataset_schema import check_ccr_dataset, dataset_languages, filter_languages  # noqa: E402
+from modeling_ccr.dataset_schema import (  # noqa: E402
+    check_ccr_dataset,
+    dataset_languages,
+    filter_languages,
+    restrict_language_coverage,
+)
 from modeling_ccr.objectives import check_objective  # noqa: E402
 from modeling_ccr.presets import resolve_tower, text_presets, vision_presets  # noqa: E402
 from modeling_ccr.recipes import CCRK_COMPOSITION, RECIPES, STAGES, recipe_config, stage_settings  # noqa: E402
@@ -120,6 +125,11 @@ class DataArguments:
                                 "format above, or a small shard pattern)."}
     )
     shuffle_buffer: int = field(default=1000, metadata={"help": "Stream: samples per shuffle block and reader."})
+    language_coverage: str = field(
+        default="full", metadata={"help": "Training split only: 'full' keeps every caption; 'partial' keeps for each "
+                                  "image a random, fixed (--seed) subset of 1..K of its languages.",
+                                  "choices": ["full", "partial"]}
+    )
 
 
 @dataclass
@@ -201,6 +211,8 @@ def load_stream_splits(data_args: DataArguments, seed: int) -> dict[str, object]
         raise ValueError("training from a stream needs --eval_dataset (the evaluation and test data)")
     if data_args.max_train_samples:
         raise ValueError("--max_train_samples does not apply to a stream; bound training with --max_steps")
+    if data_args.language_coverage != "full":
+        raise ValueError("--language_coverage partial applies to in-memory datasets, not to a stream")
     languages = [lang.strip() for lang in data_args.languages.split(",")] if data_args.languages else None
     stream = open_stream(data_args.dataset, data_args.streaming, data_args.train_split, languages, seed,
                          data_args.shuffle_buffer)
@@ -249,6 +261,9 @@ def load_splits(data_args: DataArguments, seed: int = 0) -> dict[str, object]:
     for name, limit in limits.items():
         if name and limit:
             splits[name] = splits[name].select(range(min(limit, len(splits[name]))))
+    if data_args.train_split:
+        splits[data_args.train_split] = restrict_language_coverage(
+            splits[data_args.train_split], data_args.language_coverage, seed, name=f"split {data_args.train_split!r}")
     for name, split in splits.items():
         check_ccr_dataset(split, name=f"split {name!r}")
     return splits

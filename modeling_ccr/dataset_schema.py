@@ -133,3 +133,31 @@ def filter_languages(dataset: Dataset, languages: Sequence[str] | None, name: st
     if len(kept) == 0:
         raise ValueError(f"{name} holds no image with a caption in {sorted(languages)}")
     return kept
+
+
+LANGUAGE_COVERAGES = ("full", "partial")
+
+
+def restrict_language_coverage(dataset: Dataset, coverage: str, seed: int, name: str = "dataset") -> Dataset:
+    """``dataset`` with the captions of only some languages per image, as real collections have them.
+
+    ``full``: unchanged. ``partial``: each image keeps a random subset of its K languages (all its captions
+    in those): first a size drawn uniformly from 1..K, then that many of its languages, both from a
+    generator seeded with ``seed`` and the row index, so the subsets are fixed for a seed (the same for every
+    objective trained with it) and independent of the other rows."""
+    if coverage not in LANGUAGE_COVERAGES:
+        raise ValueError(f"language coverage {coverage!r} is not one of {list(LANGUAGE_COVERAGES)}")
+    if coverage == "full":
+        return dataset
+    import numpy as np
+
+    def keep_some(row: dict, index: int) -> dict:
+        languages = sorted({caption["language"] for caption in row["captions"]})
+        rng = np.random.default_rng([seed, index])
+        size = int(rng.integers(1, len(languages) + 1))
+        kept = set(rng.choice(languages, size=size, replace=False).tolist())
+        return {"captions": [caption for caption in row["captions"] if caption["language"] in kept]}
+
+    if not len(dataset):
+        raise ValueError(f"{name} is empty")
+    return dataset.map(keep_some, with_indices=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .folder_checks import check_eval_results
-from .results import DIRECTIONS, EMOJI_DATASET_NAME, RetrievalResults
+from .results import DIRECTIONS, EMOJI_DATASET_NAME, RetrievalResults, render_table
 from .shipped_files import shipped_path
 
 DEFAULT_TEMPLATE = shipped_path("MODEL_CARD.md")
@@ -44,6 +44,24 @@ def model_index(results: RetrievalResults) -> list[EvalResult]:
     out.append(EvalResult(**common, dataset_name=f"{dataset} (all languages)", metric_type="mean_recall",
                           metric_name="mean recall", metric_value=float(results.mean_recall)))
     return out
+
+
+def mixed_pool_table(results: RetrievalResults) -> str | None:
+    """The card's row for the mixed-language pool (None for results without one)."""
+    mixed = results.mixed
+    if not mixed:
+        return None
+    share, offset = mixed["language_share"], mixed["offset"]
+    header = [*(f"TR {k}" for k in mixed["recall"]), "MRV_TR_mixed", f"top-{share['top_k']} share by language (pool)",
+              "offset spread (matching / non-matching)"]
+
+    def number(value: float | None, digits: int) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    row = [*(f"{v:.2f}" for v in mixed["recall"].values()), number(mixed["mrv_tr"], 1),
+           ", ".join(f"{lang} {share['top'][lang]:.1f}% ({share['pool'][lang]:.1f}%)" for lang in share["top"]),
+           f"{number(offset['spread_matching'], 3)} / {number(offset['spread_non_matching'], 3)}"]
+    return render_table(header, [row], markdown=True)
 
 
 def load_card_results(folder: Path) -> RetrievalResults:
@@ -121,6 +139,7 @@ def render_model_card(
         mrv_tr=f"{results.mrv['TR']:.3f}",
         mrv_ir=f"{results.mrv['IR']:.3f}",
         mrv_variant=results.mrv_variant,
+        mixed_table=mixed_pool_table(results),
         vision_model_type=vision.get("model_type", "unknown"),
         text_model_type=text.get("model_type", "unknown"),
         projection_dim=config.get("projection_dim", "unknown"),

@@ -3,7 +3,8 @@ holds, what the printed table, the model card's model-index and the objectives c
 
 ``RetrievalResults.to_json()`` gives the dict written to ``eval_results.json`` (the layout is unchanged:
 ``languages``, ``num_images``, ``num_texts``, ``recall`` {TR, IR} -> language -> ``R@k``, ``recall_avg``,
-``mean_recall``, ``mrv`` {TR, IR}, ``mrv_variant``, ``mrv_num_instances``, ``chance``, then what was
+``mean_recall``, ``mrv`` {TR, IR}, ``mrv_variant``, ``mrv_num_instances``, ``chance``, ``mixed`` (the
+mixed-language pool, see ``mixed_pool.mixed_pool_metrics``; absent in older files), then what was
 evaluated: ``model``, ``dataset``, ``split``, ``rerank_top_k``, ``loss_type``, ``seed``; any other key is
 kept in ``extra``). ``from_json`` reads that layout, older files without the optional keys included.
 Tables, plain text or markdown, are drawn by :func:`render_table` alone.
@@ -47,6 +48,7 @@ class RetrievalResults:
     mrv_variant: str = "variance"
     mrv_num_instances: dict[str, int] | None = None
     chance: dict[str, dict[str, float]] | None = None
+    mixed: dict[str, Any] | None = None
     model: str | None = None
     dataset: str | None = None
     split: str | None = None
@@ -69,7 +71,7 @@ class RetrievalResults:
             value = getattr(self, f.name)
             if f.name == "extra":
                 continue
-            if value is not None or f.name not in _RUN_KEYS + ("mrv_num_instances", "chance"):
+            if value is not None or f.name not in _RUN_KEYS + ("mrv_num_instances", "chance", "mixed"):
                 out[f.name] = value
         out.update(self.extra)
         return out
@@ -123,6 +125,14 @@ class RetrievalResults:
         flat["mean_recall"] = self.mean_recall
         for direction, value in self.mrv.items():
             flat[f"mrv_{direction.lower()}"] = math.nan if value is None else value
+        if self.mixed:
+            for key, value in self.mixed["recall"].items():
+                flat[f"mixed_r{key[2:]}"] = value
+            flat["mrv_tr_mixed"] = math.nan if self.mixed["mrv_tr"] is None else self.mixed["mrv_tr"]
+            flat["mixed_share_max_excess"] = self.mixed["language_share"]["max_excess"]
+            for key in ("spread_matching", "spread_non_matching"):
+                value = self.mixed["offset"][key]
+                flat[f"mixed_offset_{key[7:]}"] = math.nan if value is None else value
         return flat
 
     def recall_table(self, markdown: bool = False) -> str:
@@ -141,11 +151,32 @@ class RetrievalResults:
         def fmt(value: float | None) -> str:
             return "n/a (one language)" if value is None else f"{value:.2f}"
 
-        return "\n".join([
+        lines = [
             self.recall_table(),
             "",
             f"images {self.num_images}, texts {self.num_texts}, mean recall {self.mean_recall:.2f}",
             f"MRV ({self.mrv_variant}): TR {fmt(self.mrv['TR'])}, IR {fmt(self.mrv['IR'])}  (lower = more consistent)",
+        ]
+        if self.mixed:
+            lines.append(self.mixed_text())
+        return "\n".join(lines)
+
+    def mixed_text(self) -> str:
+        """The mixed-language pool in a few lines: recall, MRV_TR_mixed, top-k language share, offset."""
+        mixed = self.mixed
+        share, offset = mixed["language_share"], mixed["offset"]
+        mrv = "n/a" if mixed["mrv_tr"] is None else f"{mixed['mrv_tr']:.2f}"
+        recall = ", ".join(f"{k} {v:.2f}" for k, v in mixed["recall"].items())
+
+        def spread(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.3f}"
+
+        return "\n".join([
+            f"mixed-language pool (all captions): TR {recall}; MRV_TR_mixed {mrv}",
+            f"  top-{share['top_k']} language share (pool share): "
+            + ", ".join(f"{lang} {share['top'][lang]:.1f}% ({share['pool'][lang]:.1f}%)" for lang in share["top"]),
+            f"  language offset: spread of mean matching similarity {spread(offset['spread_matching'])}, "
+            f"of mean non-matching {spread(offset['spread_non_matching'])}",
         ])
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .dataset_schema import canonical_languages, captions_in, check_ccr_dataset
+from .mixed_pool import compute_mixed_pool_ranks, mixed_pool_metrics
 from .ranking import (
     DEFAULT_BLOCK_ELEMENTS,
     RetrievalRanks,
@@ -158,7 +159,8 @@ def evaluate_retrieval(
 
     Images are decoded batch by batch. ``rerank_top_k > 0`` adds stage 2 (ITM re-scoring of each query's
     top-k), which needs a model with fusion layers (``get_image_tokens`` / ``itm_scores``); image tokens
-    are kept for all images during re-ranking. Returns ``(retrieval_metrics(...), ranks)``.
+    are kept for all images during re-ranking. Returns ``(retrieval_metrics(...), ranks)``; the metrics
+    include the ``mixed`` block (``mixed_pool``: all captions of all languages in one pool, stage 1).
     """
     check_ccr_dataset(dataset)
     languages = canonical_languages(languages)
@@ -198,6 +200,12 @@ def evaluate_retrieval(
                     return model.itm_scores(tokens, encoded["input_ids"], encoded.get("attention_mask"))
 
                 ranks = rerank_ranks(ranks, pair_scores, batch_size=batch_size, progress=progress)
+            mixed = compute_mixed_pool_ranks(
+                image_features, text_features, np.asarray(text_image_ids), text_languages, languages=languages,
+                chunk_size=chunk_size, progress=progress,
+            )
     finally:
         model.train(was_training)
-    return retrieval_metrics(ranks, ks=ks, mrv_variant=mrv_variant), ranks
+    metrics = retrieval_metrics(ranks, ks=ks, mrv_variant=mrv_variant)
+    metrics["mixed"] = mixed_pool_metrics(mixed, ks=ks, mrv_variant=mrv_variant)
+    return metrics, ranks

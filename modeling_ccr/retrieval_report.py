@@ -1,7 +1,9 @@
 """Human-readable retrieval results: the printed table (drawn by ``results``) and a PNG figure.
 
 The figure has three panels: Recall@K per language for TR and IR (grouped bars), and the distribution
-of the per-instance standard deviation of ranks across languages (what MRV summarises), for TR and IR.
+of the per-instance standard deviation of ranks across languages (what MRV summarises), for TR and IR; with
+a ``mixed`` block in the metrics a fourth: each language's share of the top-10 results in the pool of all
+captions of all languages, against its share of the pool (even for a model without a language offset).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ def save_report_plot(metrics: dict[str, Any], ranks: RetrievalRanks, path: str |
 
     languages = metrics["languages"]
     ks = list(next(iter(metrics["recall"]["TR"].values())).keys())
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [1.2, 1.2, 1]})
+    mixed = metrics.get("mixed")
+    panels = 4 if mixed else 3
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2), gridspec_kw={"width_ratios": [1.2, 1.2, 1, 1][:panels]})
     x = np.arange(len(languages))
     width = 0.8 / len(ks)
     for ax, direction in zip(axes[:2], ("TR", "IR")):
@@ -65,6 +69,8 @@ def save_report_plot(metrics: dict[str, Any], ranks: RetrievalRanks, path: str |
     mrv = metrics["mrv"]
     ax.set_title(f"rank spread; MRV TR {mrv['TR'] if mrv['TR'] is None else round(mrv['TR'], 2)}, "
                  f"IR {mrv['IR'] if mrv['IR'] is None else round(mrv['IR'], 2)}")
+    if mixed:
+        _language_share_panel(axes[3], mixed)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -73,3 +79,19 @@ def save_report_plot(metrics: dict[str, Any], ranks: RetrievalRanks, path: str |
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _language_share_panel(ax: Any, mixed: dict[str, Any]) -> None:
+    """Bars: each language's share of all top-k results in the mixed pool; marks: its share of the pool."""
+    share = mixed["language_share"]
+    languages = list(share["top"])
+    x = np.arange(len(languages))
+    ax.bar(x, [share["top"][lang] or 0.0 for lang in languages], 0.6, label=f"share of the top-{share['top_k']}")
+    ax.scatter(x, [share["pool"][lang] or 0.0 for lang in languages], color="black", marker="_", s=400, zorder=3,
+               label="share of the pool (even)")
+    ax.set_xticks(x, languages, rotation=45 if len(languages) > 8 else 0)
+    ax.set_ylabel("% of results")
+    recall = mixed["recall"].get("R@1")
+    ax.set_title(f"mixed-language pool: top-{share['top_k']} by language"
+                 + ("" if recall is None else f"\n(R@1 over all captions {recall:.1f})"))
+    ax.legend(fontsize=8)

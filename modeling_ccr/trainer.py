@@ -27,6 +27,7 @@ from transformers import EvalPrediction, Trainer, TrainingArguments
 
 from .collator import CCRCollator, sample_captions
 from .masking import IGNORE_INDEX, add_mlm_inputs
+from .mixed_pool import compute_mixed_pool_ranks, mixed_pool_metrics
 from .modeling_ccr import CCROutput
 from .objectives import check_objective, contrastive_objective, objectives_help, pivot_language_id
 from .retrieval import compute_retrieval_ranks, flatten_metrics, retrieval_metrics
@@ -141,15 +142,17 @@ class RetrievalMetrics:
         language_ids = np.asarray(prediction.label_ids)
         valid = language_ids != IGNORE_INDEX
         image_rows, _ = np.nonzero(valid)
-        ranks = compute_retrieval_ranks(
+        arguments = (
             torch.as_tensor(image_embeds),
             torch.as_tensor(text_embeds[valid]),
             torch.as_tensor(image_rows),
             [self.languages[index] for index in language_ids[valid]],
-            languages=self.languages,
-            chunk_size=self.chunk_size,
         )
-        return flatten_metrics(retrieval_metrics(ranks))
+        ranks = compute_retrieval_ranks(*arguments, languages=self.languages, chunk_size=self.chunk_size)
+        metrics = retrieval_metrics(ranks)
+        mixed = compute_mixed_pool_ranks(*arguments, languages=self.languages, chunk_size=self.chunk_size)
+        metrics["mixed"] = mixed_pool_metrics(mixed)
+        return flatten_metrics(metrics)
 
 
 def ccr_training_loss(

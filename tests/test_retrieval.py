@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from modeling_ccr.mixed_pool import compute_mixed_pool_ranks, mixed_pool_metrics
 from modeling_ccr.retrieval import (
     compute_retrieval_ranks,
     evaluate_retrieval,
@@ -351,6 +352,11 @@ def test_evaluate_retrieval_with_fake_model_matches_direct_computation():
     direct = compute_retrieval_ranks(image_embeds, text_embeds, np.array(ids), langs)
     np.testing.assert_array_equal(ranks.tr_ranks, direct.tr_ranks)
     np.testing.assert_array_equal(ranks.ir_ranks, direct.ir_ranks)
+    mixed = metrics.pop("mixed")  # the mixed-language pool, from the same features
+    direct_mixed = mixed_pool_metrics(compute_mixed_pool_ranks(image_embeds, text_embeds, np.array(ids), langs))
+    offset, direct_offset = mixed.pop("offset"), direct_mixed.pop("offset")  # means of floats: rounding may differ
+    assert mixed == direct_mixed
+    assert offset["spread_non_matching"] == pytest.approx(direct_offset["spread_non_matching"])
     assert metrics == retrieval_metrics(direct)
     assert metrics["languages"] == ["de", "en", "ja"] and metrics["num_texts"] == len(texts)
     assert model.training  # training mode restored
@@ -411,7 +417,7 @@ def test_evaluate_model_script_writes_json_png_and_table(tmp_path, monkeypatch, 
     out = tmp_path / "out"
     assert script.main(["fake-model", "--dataset", "tiny", "--output-dir", str(out), "--no-progress", "--batch-size", "4"]) == 0
     results = json.loads((out / "eval_results.json").read_text())
-    expected, _ = evaluate_retrieval(FakeModel(), FakeProcessor(), dataset, progress=False)
+    expected, _ = evaluate_retrieval(FakeModel(), FakeProcessor(), dataset, batch_size=4, progress=False)
     assert results == json.loads(json.dumps({**expected, "dataset": "tiny", "split": "test", "model": "fake-model",
                                              "rerank_top_k": 0}))
     png = (out / "eval_report.png").read_bytes()
