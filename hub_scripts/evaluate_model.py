@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", default=None, help="default: <model_dir>/eval (or ./eval for a Hub id)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--restyle", action="store_true",
+                        help="evaluate on the images drawn in another style (modeling_ccr.augmentation.restyle)")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                         help="encode in bf16 (autocast; similarities and ranks stay fp32): faster where bf16 is native")
     return parser.parse_args(argv)
@@ -109,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     model, processor = load_model(args.model_dir, args.device)
     dataset = load_dataset_arg(args.dataset, args.split, args.image_root, args.languages)
+    if args.restyle:
+        from modeling_ccr.augmentation import RestyledProcessor
+
+        processor = RestyledProcessor(processor)
     local = Path(args.model_dir)
     output_dir = args.output_dir or (local / "eval" if local.is_dir() else Path("eval"))
     with encoding_precision(args.dtype, args.device):

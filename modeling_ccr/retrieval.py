@@ -455,8 +455,7 @@ def ranks_from_scores(
     columns = index.kept[index.order]
     if not np.array_equal(columns, np.arange(matrix.shape[1])):
         matrix = matrix[:, torch.as_tensor(columns, device=matrix.device)]
-    # Scores stay fp32 even when the encoding ran under bf16 autocast (evaluate_model.py --dtype bf16).
-    with torch.inference_mode(), torch.autocast(device_type=images.device.type, enabled=False):
+    with torch.inference_mode(), torch.autocast(device_type=matrix.device.type, enabled=False):
         return _count_ranks(
             index, matrix.shape[0], matrix, None, None, chunk_size, DEFAULT_BLOCK_ELEMENTS, top_k, False
         )

@@ -34,8 +34,9 @@ def test_augmentation_keeps_bf16_and_rejects_bad_shapes():
         ImageAugmentation()(torch.zeros(3, 32, 32))
 
 
-def test_restyle_is_deterministic_and_grey():
+def test_restyle_is_deterministic_and_washes_colours_out():
     images = _images()
     restyled = restyle(images)
     assert torch.equal(restyled, restyle(images))
-    assert torch.allclose(restyled[:, 0], restyled[:, 1]) and torch.allclose(restyled[:, 1], restyled[:, 2])
+    spread = lambda x: (x.max(dim=1).values - x.min(dim=1).values).max()  # noqa: E731
+    assert spread(restyled) < spread(images)
