@@ -18,3 +18,4 @@ bench: setup
 	$(PY) benchmarks/bench_model.py
 	$(PY) benchmarks/bench_retrieval.py
 	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_speed.py
