@@ -7,6 +7,7 @@ the dataset with progress bars, prints a table and writes ``eval_results.json`` 
     python hub_scripts/evaluate_model.py MODEL_DIR --dataset path/to/xFlickrCO --image-root path/to/images
     python hub_scripts/evaluate_model.py MODEL_DIR --dataset data/task1 --split test_2016_flickr --languages en de
     python hub_scripts/evaluate_model.py MODEL_DIR --rerank-top-k 16                # ITM re-ranking (fusion models)
+    python hub_scripts/evaluate_model.py MODEL_DIR --dtype bf16 --restyle         # bf16 encoding; images in another style
 
 ``--dataset`` is ``emoji`` (default) or any path ``modeling_ccr.loaders.load_ccr_dataset`` understands.
 """
