@@ -114,10 +114,11 @@ def similarity_logits(
     """`s_ij = v_i . t_j / tau` (B, T), always in fp32: under bf16 autocast the embeddings may come in bf16, but
     the logits, the temperature and the log-softmax over them stay in full precision (a bf16 logit has 8 bits of
     mantissa, too few for a softmax over hundreds of texts at tau = 0.07)."""
+    dtype = torch.promote_types(torch.promote_types(image_embeds.dtype, text_embeds.dtype), torch.float32)
     with torch.autocast(device_type=image_embeds.device.type, enabled=False):
         if isinstance(temperature, torch.Tensor):
-            temperature = temperature.float()
-        return image_embeds.float() @ text_embeds.float().t() / temperature
+            temperature = temperature.to(dtype)
+        return image_embeds.to(dtype) @ text_embeds.to(dtype).t() / temperature
 
 
 # --------------------------------------------------------------------------------------------------------------------
