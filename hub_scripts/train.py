@@ -104,9 +104,6 @@ class TrainScriptArguments(CCRTrainingArguments):
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data loading worker processes."})
     seed: int = field(default=42, metadata={"help": "Random seed (model init, sampling, masking)."})
     disable_tqdm: bool | None = field(default=False, metadata={"help": "Hide progress bars."})
-    image_augmentation: bool = field(
-        default=True, metadata={"help": "Random colour / stroke / scale changes of training images (--no_image_augmentation: off)."}
-    )
     precision: str = field(
         default="auto",
         metadata={"help": "auto (bf16 mixed precision where the CPU/GPU multiplies bf16 natively, else fp32), bf16 or "
