@@ -20,3 +20,4 @@ bench: setup
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_search.py
 	$(PY) benchmarks/bench_stream.py
+	$(PY) benchmarks/bench_speed.py

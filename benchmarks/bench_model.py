@@ -4,12 +4,15 @@
     same (B x BK) logits computed from the same embeddings: "ce" = torch's cross_entropy over the rows with one
     target per image (the reference of the ratio), "clip" = the symmetric CLIP loss (rows and columns).
 (b) One training step (forward, backward, AdamW) of CCRModel with 0 fusion layers against transformers'
-    VisionTextDualEncoderModel with identical towers (same weights) and its CLIP loss, on the same batch.
+    VisionTextDualEncoderModel with identical towers (same weights) and its CLIP loss, on the same batch; and the
+    bf16 mixed-precision step of CCRModel (fp32 weights, bf16 autocast as Trainer's --bf16, logits in fp32)
+    against the same fp32 VisionTextDualEncoderModel step.
 
 The runs being compared are interleaved, repeated, and summarised by medians (the machine is shared and noisy).
-The last line reads `loss_ratio=<x> train_step_ratio=<y>`: loss_ratio = time(1-to-K) / time(ce), lower is better
+The last line reads `loss_ratio=<x> train_step_ratio=<y> bf16_train_step_ratio=<z>`: loss_ratio = time(1-to-K) / time(ce), lower is better
 (target <= 1.2); train_step_ratio = throughput(CCRModel) / throughput(VisionTextDualEncoderModel), higher is
-better (target >= 0.95).
+better (target >= 0.95); bf16_train_step_ratio = throughput(CCRModel bf16) / throughput(VisionTextDualEncoderModel
+fp32), higher is better (target >= 2.0).
 
     python benchmarks/bench_model.py            # full run
     python benchmarks/bench_model.py --quick    # a few seconds, for tests
@@ -99,6 +102,8 @@ def bench_train_step(batch_size: int, seq_len: int, quick: bool, repeats: int, i
     }
     text_image_ids = torch.arange(batch_size)
     opt_ccr = torch.optim.AdamW(ccr.parameters(), lr=1e-5)
+    ccr_bf16 = copy.deepcopy(ccr)  # fp32 weights, bf16 autocast: what Trainer's --bf16 runs
+    opt_bf16 = torch.optim.AdamW(ccr_bf16.parameters(), lr=1e-5)
     opt_vtde = torch.optim.AdamW(vtde.parameters(), lr=1e-5)
 
     def step_ccr():
@@ -107,13 +112,21 @@ def bench_train_step(batch_size: int, seq_len: int, quick: bool, repeats: int, i
         loss.backward()
         opt_ccr.step()
 
+    def step_ccr_bf16():
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            loss = ccr_bf16(**batch, text_image_ids=text_image_ids, return_loss=True).loss
+        opt_bf16.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_bf16.step()
+
     def step_vtde():
         loss = vtde(**batch, return_loss=True).loss
         opt_vtde.zero_grad(set_to_none=True)
         loss.backward()
         opt_vtde.step()
 
-    return interleaved_medians({"CCRModel": step_ccr, "VisionTextDualEncoderModel": step_vtde}, repeats, inner, 2, "train step")
+    steps = {"CCRModel": step_ccr, "CCRModel bf16": step_ccr_bf16, "VisionTextDualEncoderModel": step_vtde}
+    return interleaved_medians(steps, repeats, inner, 2, "train step")
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -139,8 +152,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for name, seconds in step_times.items():
         print(f"    {name:>27}: {seconds * 1e3:8.2f} ms/step  {batch_size / seconds:8.1f} pairs/s")
     train_step_ratio = step_times["VisionTextDualEncoderModel"] / step_times["CCRModel"]
-    print(f"loss_ratio={loss_ratio:.3f} train_step_ratio={train_step_ratio:.3f}")
-    return {"loss_ratio": loss_ratio, "train_step_ratio": train_step_ratio}
+    bf16_ratio = step_times["VisionTextDualEncoderModel"] / step_times["CCRModel bf16"]
+    print(f"loss_ratio={loss_ratio:.3f} train_step_ratio={train_step_ratio:.3f} bf16_train_step_ratio={bf16_ratio:.3f}")
+    return {"loss_ratio": loss_ratio, "train_step_ratio": train_step_ratio, "bf16_train_step_ratio": bf16_ratio}
 
 
 if __name__ == "__main__":

@@ -157,6 +157,24 @@ class TrainScriptArguments(CCRTrainingArguments):
                                  "without it a folder holding another run is refused."}
     )
 
+    precision: str = field(
+        default="auto",
+        metadata={"help": "auto (bf16 mixed precision where the CPU/GPU multiplies bf16 natively, else fp32), bf16 or "
+                  "fp32. --bf16 forces bf16 too."},
+    )
+
+    def __post_init__(self) -> None:
+        from modeling_ccr.precision import resolve_precision
+
+        on_cpu = self.use_cpu or not torch.cuda.is_available()
+        if not self.bf16:
+            self.bf16, self.precision_note = resolve_precision(self.precision, "cpu" if on_cpu else "cuda")
+        else:
+            self.precision_note = "precision: bf16 (--bf16)"
+        if self.bf16 and on_cpu:
+            self.use_cpu = True  # Trainer's bf16 on a machine without a GPU
+        super().__post_init__()
+
 
 def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainScriptArguments]:
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainScriptArguments))
@@ -426,6 +444,7 @@ def run(prepared: PreparedRun) -> dict:
     """Train, evaluate on the test split, write the Hub-ready folder; returns the evaluation results."""
     model_args, data_args, training_args = prepared.model_args, prepared.data_args, prepared.training_args
     hf_logging.set_verbosity_warning()
+    print(training_args.precision_note, flush=True)
     (vision_config, vision_path), (text_config, text_path) = prepared.vision, prepared.text
     train_split = prepared.splits[data_args.train_split]
     torch.manual_seed(training_args.seed)
@@ -455,10 +474,11 @@ def run(prepared: PreparedRun) -> dict:
     from modeling_ccr.retrieval import evaluate_retrieval
 
     model.eval()
-    metrics, ranks = evaluate_retrieval(
-        model, processor, prepared.splits[data_args.test_split], batch_size=training_args.per_device_eval_batch_size,
-        languages=prepared.languages, rerank_top_k=data_args.rerank_top_k,
-    )
+    with trainer.evaluation_autocast():
+        metrics, ranks = evaluate_retrieval(
+            model, processor, prepared.splits[data_args.test_split], batch_size=training_args.per_device_eval_batch_size,
+            languages=prepared.languages, rerank_top_k=data_args.rerank_top_k,
+        )
     results = RetrievalResults.from_json(metrics)
     results.model = "CCR-1toK " + ("dual encoder" if model.fusion is None else "with fusion layers")
     results.dataset = dataset_name(data_args.dataset)

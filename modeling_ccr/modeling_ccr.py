@@ -105,8 +105,21 @@ def one_to_k_contrastive_loss(
         )
     if image_embeds.shape[1] != text_embeds.shape[1]:
         raise ValueError(f"embedding sizes differ: images {image_embeds.shape[1]}, texts {text_embeds.shape[1]}")
-    logits_per_image = image_embeds @ text_embeds.t() / temperature
+    logits_per_image = similarity_logits(image_embeds, text_embeds, temperature)
     return one_to_k_loss_from_logits(logits_per_image, text_image_ids, divide_by_k=divide_by_k)
+
+
+def similarity_logits(
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, temperature: torch.Tensor | float
+) -> torch.Tensor:
+    """`s_ij = v_i . t_j / tau` (B, T), always in fp32: under bf16 autocast the embeddings may come in bf16, but
+    the logits, the temperature and the log-softmax over them stay in full precision (a bf16 logit has 8 bits of
+    mantissa, too few for a softmax over hundreds of texts at tau = 0.07)."""
+    dtype = torch.promote_types(torch.promote_types(image_embeds.dtype, text_embeds.dtype), torch.float32)
+    with torch.autocast(device_type=image_embeds.device.type, enabled=False):
+        if isinstance(temperature, torch.Tensor):
+            temperature = temperature.to(dtype)
+        return image_embeds.to(dtype) @ text_embeds.to(dtype).t() / temperature
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -555,7 +568,7 @@ class CCRModel(PreTrainedModel):
         device = image_embeds.device
         ids = text_image_ids.long()
         with torch.no_grad():
-            sim = (image_embeds @ text_embeds.t()) / self.temperature  # (B, T)
+            sim = similarity_logits(image_embeds, text_embeds, self.temperature)  # (B, T)
             positive = ids[None, :] == torch.arange(B, device=device)[:, None]
             images = torch.nonzero(positive.any(dim=1)).squeeze(1)  # images with >= 1 text
             positive_rule = getattr(self.config, "positive_sampling", "softmax")
@@ -647,13 +660,14 @@ class CCRModel(PreTrainedModel):
         input_ids, attention_mask, token_type_ids = self._fit_text(input_ids, attention_mask, token_type_ids)
         vision_outputs = self._run_vision(pixel_values)
         text_outputs = self._run_text(input_ids, attention_mask, token_type_ids)
-        image_embeds = F.normalize(self.visual_projection(self._pool_vision(vision_outputs)), dim=-1)
-        text_embeds = F.normalize(self.text_projection(self._pool_text(text_outputs, attention_mask)), dim=-1)
+        # Embeddings leave the towers in fp32 (bf16 under autocast): what the losses and the all-gather see.
+        image_embeds = F.normalize(self.visual_projection(self._pool_vision(vision_outputs)).float(), dim=-1)
+        text_embeds = F.normalize(self.text_projection(self._pool_text(text_outputs, attention_mask)).float(), dim=-1)
 
         if self.training:  # keep the parameter itself inside the range (X-VLM style), not just its use
             with torch.no_grad():
                 self.tau.clamp_(self.config.tau_min, self.config.tau_max)
-        logits_per_image = image_embeds @ text_embeds.t() / self.temperature
+        logits_per_image = similarity_logits(image_embeds, text_embeds, self.temperature)
         logits_per_text = logits_per_image.t()
 
         loss = loss_itc = loss_itm = loss_mlm = None

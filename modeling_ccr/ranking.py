@@ -480,7 +480,8 @@ def compute_retrieval_ranks(
     scorer = score_fn or (lambda query, gallery: query @ gallery.T)
     one_matmul = chunk_size is None and images.shape[0] * texts.shape[0] <= max_block_elements
 
-    with torch.inference_mode():
+    # Scores stay fp32 even when the encoding ran under bf16 autocast (evaluate_model.py --dtype bf16).
+    with torch.inference_mode(), torch.autocast(device_type=images.device.type, enabled=False):
         return _count_ranks(
             index,
             images.shape[0],
@@ -514,7 +515,7 @@ def ranks_from_scores(
     columns = index.kept[index.order]
     if not np.array_equal(columns, np.arange(matrix.shape[1])):
         matrix = matrix[:, torch.as_tensor(columns, device=matrix.device)]
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(device_type=matrix.device.type, enabled=False):
         return _count_ranks(
             index, matrix.shape[0], matrix, None, None, chunk_size, DEFAULT_BLOCK_ELEMENTS, top_k, False
         )

@@ -33,10 +33,11 @@ TRAINING_IDENTITY_FIELDS = (
     "loss_type", "itc_weight", "itm_weight", "mlm_weight", "mlm_probability", "captions_per_language",
     "itc_divide_by_k", "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
     "lr_scheduler_type", "warmup_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "seed",
-    "bf16", "fp16",
+    "bf16", "fp16", "precision", "image_augmentation", "freeze_vision", "freeze_text", "unfrozen_layers",
+    "contrastive_accumulation_steps",
 )
 DATA_IDENTITY_FIELDS = ("dataset", "image_root", "languages", "train_split", "max_train_samples", "streaming",
-                        "shuffle_buffer")
+                        "shuffle_buffer", "language_coverage")
 
 
 def _plain(value: Any) -> Any:

@@ -11,6 +11,7 @@ What it adds to Trainer and nothing more:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -25,7 +26,10 @@ import numpy as np
 import torch
 from transformers import EvalPrediction, Trainer, TrainingArguments
 
+from .augmentation import ImageAugmentation
 from .collator import CCRCollator, sample_captions
+from .contrastive_accumulation import accumulated_contrastive_step
+from .freezing import freeze_towers
 from .masking import IGNORE_INDEX, add_mlm_inputs
 from .mixed_pool import compute_mixed_pool_ranks, mixed_pool_metrics
 from .modeling_ccr import CCROutput
@@ -79,11 +83,32 @@ class CCRTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the collator needs the image and captions columns."}
     )
+    image_augmentation: bool = field(
+        default=False,
+        metadata={"help": "Randomly change the colour, stroke and scale of training images each step "
+                  "(modeling_ccr.augmentation), for robustness to images drawn in another style."},
+    )
+    freeze_vision: bool = field(default=False, metadata={"help": "Freeze the vision tower (open_clip's --lock-image)."})
+    freeze_text: bool = field(default=False, metadata={"help": "Freeze the text tower (open_clip's --lock-text)."})
+    unfrozen_layers: int = field(
+        default=0, metadata={"help": "Keep the last N layers of each frozen tower trainable (with its final norm)."}
+    )
+    contrastive_accumulation_steps: int = field(
+        default=1,
+        metadata={"help": "Cut each batch into N micro-batches and contrast the embeddings of all N at once "
+                  "(GradCache): the gradients of the whole batch with the memory of one micro-batch."},
+    )
 
     def __post_init__(self) -> None:
         check_objective(self.loss_type)
         if self.captions_per_language < 1:
             raise ValueError(f"captions_per_language must be >= 1, got {self.captions_per_language}")
+        if self.contrastive_accumulation_steps < 1:
+            raise ValueError(f"contrastive_accumulation_steps must be >= 1, got {self.contrastive_accumulation_steps}")
+        if self.unfrozen_layers < 0:
+            raise ValueError(f"unfrozen_layers must be >= 0, got {self.unfrozen_layers}")
+        if self.unfrozen_layers and not (self.freeze_vision or self.freeze_text):
+            raise ValueError("unfrozen_layers applies to a frozen tower: add --freeze_vision and/or --freeze_text")
         if self.mlm_probability is not None and not 0.0 <= self.mlm_probability < 1.0:
             raise ValueError(f"mlm_probability must be in [0, 1), got {self.mlm_probability}")
         for name in ("itc_weight", "itm_weight", "mlm_weight"):
@@ -220,6 +245,9 @@ class CCRTrainer(Trainer):
             languages = dataset_languages(train_dataset)
         self.languages = list(languages)
         self._apply_weights(model, args)
+        if model is not None and (args.freeze_vision or args.freeze_text):
+            freeze_towers(model, args.freeze_vision, args.freeze_text, args.unfrozen_layers)
+        self.image_augmentation = ImageAugmentation() if args.image_augmentation else None
         if data_collator is None:
             if processing_class is None:
                 raise ValueError("pass processing_class=<CCRProcessor> or a data_collator")
@@ -264,6 +292,8 @@ class CCRTrainer(Trainer):
     def _draw_step_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """This step's random choices: captions per image and language, and CMLM masks (see collator.py)."""
         inputs = sample_captions(inputs, self.args.captions_per_language)
+        if self.image_augmentation is not None:
+            inputs = {**inputs, "pixel_values": self.image_augmentation(inputs["pixel_values"])}
         config = self.accelerator.unwrap_model(self.model).config
         if config.num_fusion_layers > 0 and config.mlm_weight > 0 and config.mlm_probability > 0:
             if self.processing_class is None:
@@ -283,6 +313,28 @@ class CCRTrainer(Trainer):
             )
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """Trainer's step, or with ``--contrastive_accumulation_steps N`` the GradCache step
+        (:mod:`modeling_ccr.contrastive_accumulation`), which runs its own backward passes."""
+        if self.args.contrastive_accumulation_steps == 1:
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        inputs = self._draw_step_inputs(self._prepare_inputs(inputs))
+        with self.compute_loss_context_manager():
+            loss = accumulated_contrastive_step(
+                model, inputs, self.args.contrastive_accumulation_steps, self.args.loss_type,
+                pivot_language_id(self.languages), self.accelerator.unwrap_model(model),
+                backward=self.accelerator.backward, no_sync=self.accelerator.no_sync,
+                loss_scale=1.0 / self.current_gradient_accumulation_steps,
+            )
+        return loss / self.current_gradient_accumulation_steps
+
+    def evaluation_autocast(self):
+        """bf16 autocast for evaluation encoding under ``--bf16`` (training's forward gets it from accelerate)."""
+        if not self.args.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.args.device.type, dtype=torch.bfloat16)
+
     def get_eval_dataloader(self, eval_dataset=None):
         """Evaluation batches keep every caption (``eval_data_collator``), unlike training batches."""
         train_collator = self.data_collator
@@ -301,11 +353,11 @@ class CCRTrainer(Trainer):
             return None, None, None
         unwrapped = self.accelerator.unwrap_model(model)
         valid = language_ids != IGNORE_INDEX
-        with torch.no_grad():
-            image_embeds = unwrapped.get_image_features(pixel_values=inputs["pixel_values"])
+        with torch.no_grad(), self.evaluation_autocast():
+            image_embeds = unwrapped.get_image_features(pixel_values=inputs["pixel_values"]).float()
             flat = unwrapped.get_text_features(
                 input_ids=inputs["input_ids"][valid], attention_mask=inputs["attention_mask"][valid]
-            )
+            ).float()
         text_embeds = flat.new_zeros((*language_ids.shape, flat.shape[-1]))
         text_embeds[valid] = flat
         return None, (image_embeds, text_embeds), language_ids

@@ -1,7 +1,9 @@
 """One rank of the 2-process gather test (run by torchrun): the training loss (CCRTrainer's, `ccr_training_loss`)
 and averaged gradients on half a batch.
 
-usage: torchrun --standalone --nproc_per_node 2 tests/_distributed_worker.py WORK_DIR
+usage: torchrun --standalone --nproc_per_node 2 tests/_distributed_worker.py WORK_DIR [ACCUMULATION_STEPS]
+With ACCUMULATION_STEPS N > 1 each rank back-propagates its half in N micro-batches
+(``accumulated_contrastive_step``) instead of ``ccr_training_loss``.
 WORK_DIR holds model.pt (state dict + config kwargs) and batch.pt written by the test; rank 0 writes result.pt.
 """
 
@@ -15,6 +17,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from modeling_ccr import CCRConfig, CCRModel  # noqa: E402
+from modeling_ccr.contrastive_accumulation import accumulated_contrastive_step  # noqa: E402
 from modeling_ccr.trainer import ccr_training_loss  # noqa: E402
 
 
@@ -42,8 +45,13 @@ def main() -> None:
     model.train()
     batch = torch.load(work / "batch.pt")
     torch.manual_seed(1234)
-    outputs = ccr_training_loss(model, local_half(batch, rank, world))
-    outputs.loss.backward()
+    accumulation = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    if accumulation > 1:
+        loss = accumulated_contrastive_step(model, local_half(batch, rank, world), accumulation)
+        outputs = type("Outputs", (), {"loss": loss, "loss_itc": None, "loss_itm": None, "loss_mlm": None})
+    else:
+        outputs = ccr_training_loss(model, local_half(batch, rank, world))
+        outputs.loss.backward()
     grads = {}
     for name, parameter in model.named_parameters():
         grad = parameter.grad if parameter.grad is not None else torch.zeros_like(parameter)

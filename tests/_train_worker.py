@@ -1,7 +1,8 @@
 """Trains the tiny model for the resume test; run as a subprocess so the test can SIGKILL it.
 
 usage: python tests/_train_worker.py OUTPUT_DIR WEIGHTS_OUT [resume]
-Env SLOW_STEPS=seconds sleeps after each step so the test has time to kill it after a checkpoint.
+Env SLOW_STEPS=seconds sleeps after each step so the test has time to kill it after a checkpoint;
+BF16=1 trains in bf16 mixed precision with image augmentation (their draws must replay on resume too).
 """
 
 import os
@@ -37,6 +38,7 @@ def main() -> None:
         output_dir=output_dir, max_steps=8, per_device_train_batch_size=4, learning_rate=1e-3,
         save_strategy="steps", save_steps=2, logging_steps=1, report_to="none", seed=0,
         disable_tqdm=True, use_cpu=True, dataloader_num_workers=0, mlm_probability=0.3,
+        bf16=os.environ.get("BF16") == "1", image_augmentation=os.environ.get("BF16") == "1",
     )
     trainer = CCRTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor, callbacks=[Slow()])
     trainer.train(resume_from_checkpoint=True if resume else None)

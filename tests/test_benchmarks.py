@@ -29,8 +29,24 @@ def test_bench_model_quick_mode_reports_both_ratios(capsys):
     finally:
         torch.set_num_threads(threads)
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last == f"loss_ratio={result['loss_ratio']:.3f} train_step_ratio={result['train_step_ratio']:.3f}"
-    assert result["loss_ratio"] > 0 and result["train_step_ratio"] > 0
+    assert last == (f"loss_ratio={result['loss_ratio']:.3f} train_step_ratio={result['train_step_ratio']:.3f} "
+                    f"bf16_train_step_ratio={result['bf16_train_step_ratio']:.3f}")
+    assert result["loss_ratio"] > 0 and result["train_step_ratio"] > 0 and result["bf16_train_step_ratio"] > 0
+
+
+def test_bench_speed_quick_mode_reports_every_ratio(capsys):
+    spec = importlib.util.spec_from_file_location("bench_speed", BENCHMARKS / "bench_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        result = bench.main(["--quick", "--repeats", "1", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == " ".join(f"{key}={value:.3f}" for key, value in result.items())
+    assert all(value >= 0 for value in result.values()) and result["bf16_step"] > 0 and result["bf16_encode"] > 0
+    assert 0 <= result["r1_rank_agreement"] <= 100
 
 
 def test_bench_train_quick_run_reports_steps_per_second_and_memory_for_both_sizes():

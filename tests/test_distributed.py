@@ -17,12 +17,12 @@ from modeling_ccr.collator import CCRCollator
 WORKER = Path(__file__).resolve().with_name("_distributed_worker.py")
 
 
-def _run_two_ranks(tmp_path: Path, model, batch: dict) -> dict:
+def _run_two_ranks(tmp_path: Path, model, batch: dict, accumulation_steps: int = 1) -> dict:
     torch.save({"config": model.config.to_dict(), "state_dict": model.state_dict()}, tmp_path / "model.pt")
     torch.save(batch, tmp_path / "batch.pt")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(WORKER), str(tmp_path)]
+               str(WORKER), str(tmp_path), str(accumulation_steps)]
     completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert completed.returncode == 0, completed.stderr[-4000:]
     return torch.load(tmp_path / "result.pt")
@@ -73,5 +73,21 @@ def test_gathered_itc_plus_cmlm_equal_one_big_batch(tmp_path, tiny_data):
     itc = [r["loss_itc"] for r in result["losses"]]
     assert itc[0] == pytest.approx(outputs.loss_itc.item(), abs=1e-5) and itc[1] == pytest.approx(itc[0], abs=1e-6)
     assert mean_rank_loss == pytest.approx(outputs.loss.item(), abs=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(result["grads"][name], grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_accumulated_negatives_on_two_processes_equal_one_big_batch(tmp_path, tiny_data):
+    """Each process cuts its half into 2 micro-batches (GradCache); the 4 micro-batches of the 2 processes are
+    contrasted at once: loss and averaged gradients are those of the whole batch in one process."""
+    dataset, processor = tiny_data
+    model = tiny_model(processor, seed=0)
+    model.train()
+    batch = CCRCollator(processor, ["de", "en", "fr"])([dataset[i] for i in range(8)])
+    assert len(set(torch.bincount(batch["text_image_ids"]).tolist())) > 1  # images have different numbers of texts
+    result = _run_two_ranks(tmp_path, model, batch, accumulation_steps=2)
+    outputs, grads = _single_process(model, batch)
+    for rank_losses in result["losses"]:
+        assert rank_losses["loss"] == pytest.approx(outputs.loss.item(), abs=1e-5)
     for name, grad in grads.items():
         torch.testing.assert_close(result["grads"][name], grad, atol=1e-5, rtol=1e-5, msg=name)

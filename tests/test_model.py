@@ -369,3 +369,20 @@ def test_from_pretrained_on_a_non_ccr_folder_names_its_model_type(tmp_path):
                          vocab_size=50)).save_pretrained(tmp_path)
     with pytest.raises(TypeError, match=r"model_type 'ccr'\); got model_type 'bert' from .*not a CCR model"):
         CCRModel.from_pretrained(tmp_path)
+
+
+def test_bf16_autocast_keeps_embeddings_logits_and_loss_in_fp32():
+    """Under bf16 autocast the towers run in bf16; embeddings, logits and the 1-to-K loss stay fp32 and finite."""
+    from conftest import caption_batch, make_model, make_processor
+
+    model = make_model().train()
+    images, captions = caption_batch()
+    batch = dict(make_processor()(images=images, captions=captions))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model(**batch, return_loss=True)
+    assert outputs.vision_model_output.pooler_output.dtype == torch.bfloat16  # the towers ran in bf16
+    for tensor in (outputs.image_embeds, outputs.text_embeds, outputs.logits_per_image, outputs.loss):
+        assert tensor.dtype == torch.float32
+    assert torch.isfinite(outputs.loss)
+    outputs.loss.backward()
+    assert model.tau.grad is not None and torch.isfinite(model.tau.grad)

@@ -26,7 +26,9 @@ def test_help_documents_every_option():
     assert completed.returncode == 0, completed.stderr
     for option in ("--loss_type", "--itc_weight", "--itm_weight", "--mlm_weight", "--mlm_probability",
                    "--captions_per_language", "--dataset", "--vision_model", "--text_model", "--num_fusion_layers",
-                   "--output_dir", "--resume_from_checkpoint", "--rerank_top_k", "--itc_divide_by_k"):
+                   "--output_dir", "--resume_from_checkpoint", "--rerank_top_k", "--itc_divide_by_k", "--precision",
+                   "--image_augmentation", "--freeze_vision", "--freeze_text", "--unfrozen_layers",
+                   "--contrastive_accumulation_steps"):
         assert option in completed.stdout, option
     for objective in LOSS_TYPES:  # the objectives of the registry, not a copy of the help text
         assert objective in completed.stdout, objective

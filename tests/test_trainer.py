@@ -131,8 +131,9 @@ def test_evaluate_reports_retrieval_metrics(tmp_path, tiny_data):
     assert after["eval_mean_recall"] > before["eval_mean_recall"]
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
-    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-augmented"])
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, bf16):
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "BF16": "1" if bf16 else "0"}
     worker = [sys.executable, str(TESTS / "_train_worker.py")]
     subprocess.run([*worker, str(tmp_path / "full"), str(tmp_path / "full.safetensors")], env=env, check=True,
                    capture_output=True, timeout=300)
@@ -257,3 +258,60 @@ def test_mlm_probability_zero_trains_without_cmlm(tmp_path, tiny_data):
     assert outputs.loss_mlm is None and outputs.loss_itm is not None
     torch.testing.assert_close(loss, outputs.loss_itc + outputs.loss_itm)
     assert model.config.mlm_probability == 0.0
+
+
+def test_bf16_training_keeps_fp32_weights_and_finite_losses(tmp_path, tiny_data):
+    dataset, processor = tiny_data
+    model = tiny_model(processor, num_fusion_layers=1, seed=0)
+    args = _args(tmp_path, bf16=True, max_steps=8, image_augmentation=True, eval_strategy="steps", eval_steps=8)
+    trainer = CCRTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset, processing_class=processor)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 8 and all(torch.isfinite(torch.tensor(losses)))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    evaluation = [entry for entry in trainer.state.log_history if "eval_mean_recall" in entry]
+    assert evaluation and 0.0 <= evaluation[-1]["eval_mean_recall"] <= 100.0
+
+
+def test_bf16_eval_ranks_agree_with_fp32(tmp_path, tiny_data):
+    """Evaluation under --bf16 encodes in bf16: the retrieval metrics stay those of fp32 up to a few queries."""
+    dataset, processor = tiny_data
+    model = tiny_model(processor, seed=0)
+    results = {}
+    for bf16 in (False, True):
+        trainer = CCRTrainer(model=model, args=_args(tmp_path, bf16=bf16), eval_dataset=dataset,
+                             processing_class=processor, languages=LANGUAGES)
+        results[bf16] = trainer.evaluate()
+    assert abs(results[True]["eval_mean_recall"] - results[False]["eval_mean_recall"]) <= 10.0
+
+
+@pytest.mark.parametrize("frozen", ["vision", "text"])
+def test_frozen_tower_gets_no_gradient_no_optimizer_state_and_is_saved(tmp_path, tiny_data, frozen):
+    from modeling_ccr import CCRModel
+
+    dataset, processor = tiny_data
+    model = tiny_model(processor, seed=0)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    args = _args(tmp_path, max_steps=3, freeze_vision=frozen == "vision", freeze_text=frozen == "text")
+    trainer = CCRTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
+    trainer.train()
+    tower = f"{frozen}_model."
+    for name, parameter in model.named_parameters():
+        if name.startswith(tower):
+            assert not parameter.requires_grad and parameter.grad is None, name
+            assert torch.equal(parameter, before[name]), name
+        else:
+            assert parameter.requires_grad, name
+    assert not torch.equal(model.visual_projection.weight, before["visual_projection.weight"])
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert optimised == {id(p) for p in model.parameters() if p.requires_grad}
+    assert all(id(p) in optimised for p in trainer.optimizer.state)
+    model.save_pretrained(tmp_path / "saved")
+    reloaded = CCRModel.from_pretrained(tmp_path / "saved")
+    for name, tensor in reloaded.state_dict().items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
+
+
+def test_unfrozen_layers_needs_a_frozen_tower(tmp_path):
+    with pytest.raises(ValueError, match="unfrozen_layers applies to a frozen tower"):
+        _args(tmp_path, unfrozen_layers=1)

@@ -1,0 +1,195 @@
+"""Speed-ups of issue #13, each against its reference in the same run, interleaved, as ratios.
+
+(a) training step (forward, backward, AdamW) of CCRModel: bf16 mixed precision, frozen vision tower, frozen text
+    tower, frozen vision tower with 1 unfrozen layer — each against the fp32 step with both towers trained;
+(b) evaluation encoding (images and texts, no gradient): bf16 autocast against fp32, and the share of R@1 text
+    queries whose rank of the gold image is the same in both (rank agreement);
+(c) peak memory of one training step with accumulated negatives (``--contrastive_accumulation_steps N`` on a
+    batch of N x b images) against one micro-batch of b images and against the plain N x b batch, each measured in
+    a fresh process as the rise of its peak resident memory (VmHWM, reset just before) over the step.
+
+The last line reads ``bf16_step=<x> freeze_vision_step=<x> freeze_text_step=<x> unfrozen1_step=<x>
+bf16_encode=<x> r1_rank_agreement=<%> accum_memory_vs_micro=<x> big_batch_memory_vs_micro=<x>``: step and encode
+ratios are time(fp32 reference) / time(variant), higher is faster; memory ratios peak(variant) / peak(micro-batch).
+
+    python benchmarks/bench_speed.py             # main-job sizes
+    python benchmarks/bench_speed.py --quick     # a few seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from bench_model import interleaved_medians  # noqa: E402
+from transformers import BertConfig, ViTConfig  # noqa: E402
+
+from modeling_ccr import CCRConfig, CCRModel  # noqa: E402
+from modeling_ccr.contrastive_accumulation import accumulated_contrastive_step  # noqa: E402
+from modeling_ccr.freezing import freeze_towers  # noqa: E402
+from modeling_ccr.trainer import ccr_training_loss  # noqa: E402
+
+
+def build_model(quick: bool, image_size: int = 64, layers: int = 3, hidden: int = 128) -> CCRModel:
+    """The main job's towers (tiny-vit / tiny-bert presets' sizes), or smaller ones for --quick."""
+    if quick:
+        image_size, layers, hidden = 32, 2, 32
+    vision = ViTConfig(image_size=image_size, patch_size=max(4, image_size // 8), hidden_size=hidden,
+                       num_hidden_layers=layers, num_attention_heads=4, intermediate_size=4 * hidden,
+                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    text = BertConfig(vocab_size=8000, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                      intermediate_size=4 * hidden, max_position_embeddings=32)
+    torch.manual_seed(0)
+    config = CCRConfig.from_vision_text_configs(vision, text, projection_dim=256, num_fusion_layers=0,
+                                                text_pooling="mean", vision_pooling="mean")
+    return CCRModel(config).train()
+
+
+def make_batch(model: CCRModel, images: int, captions: int = 6, seq_len: int = 16, seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    size = model.config.vision_config.image_size
+    texts = images * captions
+    return {
+        "pixel_values": torch.randn(images, 3, size, size, generator=g),
+        "input_ids": torch.randint(5, 8000, (texts, seq_len), generator=g),
+        "attention_mask": torch.ones(texts, seq_len, dtype=torch.long),
+        "text_image_ids": torch.arange(images).repeat_interleave(captions),
+        "text_language_ids": torch.arange(captions).repeat(images),
+    }
+
+
+def bench_steps(quick: bool, repeats: int) -> dict[str, float]:
+    base = build_model(quick)
+    batch = make_batch(base, 16 if quick else 64)
+    variants = {
+        "fp32": (copy.deepcopy(base), False),
+        "bf16": (copy.deepcopy(base), True),
+        "freeze_vision": (copy.deepcopy(base), False),
+        "freeze_text": (copy.deepcopy(base), False),
+        "unfrozen1": (copy.deepcopy(base), False),
+    }
+    freeze_towers(variants["freeze_vision"][0], freeze_vision=True)
+    freeze_towers(variants["freeze_text"][0], freeze_text=True)
+    freeze_towers(variants["unfrozen1"][0], freeze_vision=True, unfrozen_layers=1)
+
+    def step_fn(model, bf16):
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = ccr_training_loss(model, batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return step
+
+    fns = {name: step_fn(model, bf16) for name, (model, bf16) in variants.items()}
+    return interleaved_medians(fns, repeats, 1, 2, "train steps")
+
+
+def bench_encoding(quick: bool, repeats: int) -> tuple[dict[str, float], float]:
+    model = build_model(quick).eval()
+    batch = make_batch(model, 64 if quick else 256, captions=6, seed=2)
+
+    def encode(bf16: bool):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            images = model.get_image_features(pixel_values=batch["pixel_values"]).float()
+            texts = model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).float()
+        return images, texts
+
+    times = interleaved_medians({"fp32": lambda: encode(False), "bf16": lambda: encode(True)}, repeats, 1, 1, "encode")
+    ranks = {}
+    for bf16 in (False, True):
+        images, texts = encode(bf16)
+        scores = torch.nn.functional.normalize(texts, dim=-1) @ torch.nn.functional.normalize(images, dim=-1).T
+        gold = scores.gather(1, batch["text_image_ids"][:, None])
+        ranks[bf16] = (scores > gold).sum(1) + 1
+    agreement = 100.0 * float(((ranks[False] == 1) == (ranks[True] == 1)).float().mean())
+    return times, agreement
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def measure_step_memory(quick: bool, images: int, accumulation_steps: int) -> float:
+    """Rise of peak resident memory (MiB) over one training step: the peak is reset (clear_refs 5) just before."""
+    model = build_model(quick)
+    batch = make_batch(model, images)
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _status_kib("VmRSS")
+    one_step(model, batch, accumulation_steps)
+    return (_status_kib("VmHWM") - before) / 1024
+
+
+def _peak_rise(quick: bool, images: int, accumulation_steps: int) -> float:
+    """:func:`measure_step_memory` in a fresh process (allocator state of its own)."""
+    here = str(Path(__file__).resolve().parent)
+    code = (f"import sys, torch; sys.path.insert(0, {here!r}); import bench_speed as b; torch.set_num_threads(1); "
+            f"print(b.measure_step_memory({quick!r}, {images}, {accumulation_steps}))")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(completed.stdout.strip().splitlines()[-1])
+
+
+def one_step(model: CCRModel, batch: dict, accumulation_steps: int) -> None:
+    if accumulation_steps > 1:
+        accumulated_contrastive_step(model, batch, accumulation_steps)
+    else:
+        ccr_training_loss(model, batch).loss.backward()
+
+
+def bench_memory(quick: bool, n: int) -> dict[str, float]:
+    micro = 16 if quick else 64
+    return {
+        "micro": _peak_rise(quick, micro, 1),
+        "accumulated": _peak_rise(quick, micro * n, n),
+        "big_batch": _peak_rise(quick, micro * n, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--accumulation", type=int, default=4, help="N of the memory comparison")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    repeats = args.repeats or (2 if args.quick else 9)
+
+    steps = bench_steps(args.quick, repeats)
+    print(f"(a) train step, median of {repeats}, threads={args.threads}:")
+    for name, seconds in steps.items():
+        print(f"    {name:>14}: {seconds * 1e3:8.1f} ms  x{steps['fp32'] / seconds:.2f}")
+    encode, agreement = bench_encoding(args.quick, repeats)
+    print(f"(b) encoding: fp32 {encode['fp32'] * 1e3:.1f} ms, bf16 {encode['bf16'] * 1e3:.1f} ms; "
+          f"R@1 agreement {agreement:.1f} %")
+    memory = bench_memory(args.quick, args.accumulation)
+    print(f"(c) peak memory rise of one step (MiB): micro-batch {memory['micro']:.0f}, "
+          f"{args.accumulation} accumulated {memory['accumulated']:.0f}, one big batch {memory['big_batch']:.0f}")
+    result = {
+        "bf16_step": steps["fp32"] / steps["bf16"],
+        "freeze_vision_step": steps["fp32"] / steps["freeze_vision"],
+        "freeze_text_step": steps["fp32"] / steps["freeze_text"],
+        "unfrozen1_step": steps["fp32"] / steps["unfrozen1"],
+        "bf16_encode": encode["fp32"] / encode["bf16"],
+        "r1_rank_agreement": agreement,
+        "accum_memory_vs_micro": memory["accumulated"] / max(memory["micro"], 1e-9),
+        "big_batch_memory_vs_micro": memory["big_batch"] / max(memory["micro"], 1e-9),
+    }
+    print(" ".join(f"{key}={value:.3f}" for key, value in result.items()))
+    return result
+
+
+if __name__ == "__main__":
+    main()
