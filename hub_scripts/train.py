@@ -511,10 +511,20 @@ def run(prepared: PreparedRun) -> dict:
     return results.to_json()
 
 
+def _leave_process_group() -> None:
+    """Under torchrun/accelerate: wait for rank 0's writes, then leave the group together (a rank that exits
+    alone makes gloo abort its peers)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> dict:
     """The command: every argument and data error fails in :func:`prepare`, before anything is built or written
     (``run_cli`` turns it into one line and exit status 2)."""
-    return run(prepare(argv))
+    results = run(prepare(argv))
+    _leave_process_group()
+    return results
 
 
 if __name__ == "__main__":

@@ -27,11 +27,11 @@ import torch
 from .mrv_core import compute_mrv
 from .ranking import (
     DEFAULT_BLOCK_ELEMENTS,
-    _as_float_tensor,
     _count_at_or_above,
-    _index_texts,
     _on,
     _rows_per_block,
+    exact_scoring,
+    prepare_embeddings,
     progress_bar,
     rank_from_counts,
 )
@@ -75,17 +75,8 @@ def compute_mixed_pool_ranks(
     ``chunk_size`` image rows). ``top_k`` is the cut-off of the language share."""
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    images = _as_float_tensor("image_embeds", image_embeds)
-    texts = _as_float_tensor("text_embeds", text_embeds).to(images.device)
-    if images.shape[1] != texts.shape[1]:
-        raise ValueError(f"image_embeds have dim {images.shape[1]} but text_embeds have dim {texts.shape[1]}")
-    if texts.shape[0] != len(text_languages):
-        raise ValueError(f"text_embeds has {texts.shape[0]} rows but text_languages has {len(text_languages)}")
-    index = _index_texts(text_image_ids, text_languages, images.shape[0], languages)
-    if normalize:
-        images = torch.nn.functional.normalize(images, dim=-1)
-        texts = torch.nn.functional.normalize(texts, dim=-1)
-    texts = texts[torch.as_tensor(index.kept[index.order], device=texts.device)]
+    images, texts, index = prepare_embeddings(image_embeds, text_embeds, text_image_ids, text_languages, languages,
+                                              normalize)
     scorer = score_fn or (lambda query, gallery: query @ gallery.T)
     num_images, num_texts, num_langs = images.shape[0], texts.shape[0], len(index.languages)
     sorted_codes = index.codes[index.order]
@@ -98,7 +89,7 @@ def compute_mixed_pool_ranks(
     whole_pool = [(0, num_texts)] * num_langs  # every language's threshold against every caption
     rows = _rows_per_block(num_texts, chunk_size, max_block_elements)
     starts = range(0, num_images, rows)
-    with torch.inference_mode():
+    with exact_scoring(images.device):
         for start in progress_bar(starts, len(starts), "mixed-pool ranks", progress):
             stop = min(start + rows, num_images)
             scores = scorer(images[start:stop], texts)

@@ -18,10 +18,11 @@ Encoding a dataset with a model and the metrics built from the ranks are elsewhe
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -190,6 +191,37 @@ def _index_texts(text_image_ids: Any, text_languages: Sequence[str], num_images:
         list(languages), ids[kept], np.asarray(languages, dtype=str)[codes], codes, kept, order, bounds,
         sorted_images[by_image], by_image, sorted_codes[by_image],
     )
+
+
+def prepare_embeddings(
+    image_embeds: Any,
+    text_embeds: Any,
+    text_image_ids: Any,
+    text_languages: Sequence[str],
+    languages: Sequence[str] | None,
+    normalize: bool,
+) -> tuple[torch.Tensor, torch.Tensor, _TextIndex]:
+    """Checked float embeddings and the text index: texts on the images' device, kept and sorted by language
+    (the index's column order), both normalised when ``normalize`` (cosine scores)."""
+    images = _as_float_tensor("image_embeds", image_embeds)
+    texts = _as_float_tensor("text_embeds", text_embeds).to(images.device)
+    if images.shape[1] != texts.shape[1]:
+        raise ValueError(f"image_embeds have dim {images.shape[1]} but text_embeds have dim {texts.shape[1]}")
+    if texts.shape[0] != len(text_languages):
+        raise ValueError(f"text_embeds has {texts.shape[0]} rows but text_languages has {len(text_languages)}")
+    index = _index_texts(text_image_ids, text_languages, images.shape[0], languages)
+    if normalize:
+        images = torch.nn.functional.normalize(images, dim=-1)
+        texts = torch.nn.functional.normalize(texts, dim=-1)
+    return images, texts[torch.as_tensor(index.kept[index.order], device=texts.device)], index
+
+
+@contextlib.contextmanager
+def exact_scoring(device: torch.device) -> Iterator[None]:
+    """No autograd and no autocast while scores are computed: ranks come from fp32 scores even when the
+    caller encoded under bf16 autocast (``--precision bf16``, ``evaluate_model.py --dtype bf16``)."""
+    with torch.inference_mode(), torch.autocast(device_type=device.type, enabled=False):
+        yield
 
 
 def _rows_per_block(width: int, chunk_size: int | None, max_block_elements: int) -> int:
@@ -466,22 +498,11 @@ def compute_retrieval_ranks(
     candidates for :func:`rerank_ranks` (then captions are scored in blocks of their own as well).
     ``languages`` selects (and orders) the languages evaluated.
     """
-    images = _as_float_tensor("image_embeds", image_embeds)
-    texts = _as_float_tensor("text_embeds", text_embeds).to(images.device)
-    if images.shape[1] != texts.shape[1]:
-        raise ValueError(f"image_embeds have dim {images.shape[1]} but text_embeds have dim {texts.shape[1]}")
-    if texts.shape[0] != len(text_languages):
-        raise ValueError(f"text_embeds has {texts.shape[0]} rows but text_languages has {len(text_languages)}")
-    index = _index_texts(text_image_ids, text_languages, images.shape[0], languages)
-    if normalize:
-        images = torch.nn.functional.normalize(images, dim=-1)
-        texts = torch.nn.functional.normalize(texts, dim=-1)
-    texts = texts[torch.as_tensor(index.kept[index.order], device=texts.device)]
+    images, texts, index = prepare_embeddings(image_embeds, text_embeds, text_image_ids, text_languages, languages,
+                                              normalize)
     scorer = score_fn or (lambda query, gallery: query @ gallery.T)
     one_matmul = chunk_size is None and images.shape[0] * texts.shape[0] <= max_block_elements
-
-    # Scores stay fp32 even when the encoding ran under bf16 autocast (evaluate_model.py --dtype bf16).
-    with torch.inference_mode(), torch.autocast(device_type=images.device.type, enabled=False):
+    with exact_scoring(images.device):
         return _count_ranks(
             index,
             images.shape[0],
@@ -515,7 +536,7 @@ def ranks_from_scores(
     columns = index.kept[index.order]
     if not np.array_equal(columns, np.arange(matrix.shape[1])):
         matrix = matrix[:, torch.as_tensor(columns, device=matrix.device)]
-    with torch.inference_mode(), torch.autocast(device_type=matrix.device.type, enabled=False):
+    with exact_scoring(matrix.device):
         return _count_ranks(
             index, matrix.shape[0], matrix, None, None, chunk_size, DEFAULT_BLOCK_ELEMENTS, top_k, False
         )

@@ -59,6 +59,9 @@ def main() -> None:
     Path(f"{ids_out}-rank{rank}.json").write_text(json.dumps(seen))
     if rank == 0:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(Path(output_dir) / "final.safetensors"))
+    # every rank waits for rank 0, then leaves the group together (a rank exiting alone aborts its gloo peer)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

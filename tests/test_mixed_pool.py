@@ -72,6 +72,25 @@ def test_ranks_match_a_direct_argsort_with_ties(seed, chunk_size):
         assert metrics["offset"]["non_matching"][lang] == pytest.approx(scores[:, cols][~is_gold[:, cols]].mean())
 
 
+def test_ranks_under_bf16_autocast_are_the_fp32_ranks():
+    """Evaluation encodes under bf16 autocast (``--precision bf16``); the scores behind the ranks stay fp32 in both
+    engines, so the ranks are those of fp32 (bf16 scores would tie and reorder close captions)."""
+    rng = np.random.default_rng(0)
+    ids = np.repeat(np.arange(40), 3)
+    langs = LANGS * 40
+    images = torch.from_numpy(rng.normal(size=(40, 64))).float()
+    texts = torch.from_numpy(rng.normal(size=(120, 64))).float()
+    fp32_mixed = compute_mixed_pool_ranks(images, texts, ids, langs, languages=LANGS)
+    fp32 = compute_retrieval_ranks(images, texts, ids, langs, languages=LANGS)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        mixed = compute_mixed_pool_ranks(images, texts, ids, langs, languages=LANGS)
+        ranks = compute_retrieval_ranks(images, texts, ids, langs, languages=LANGS)
+    np.testing.assert_array_equal(mixed.ranks, fp32_mixed.ranks)
+    np.testing.assert_array_equal(mixed.matching_sum, fp32_mixed.matching_sum)
+    np.testing.assert_array_equal(ranks.tr_ranks, fp32.tr_ranks)
+    np.testing.assert_array_equal(ranks.ir_ranks, fp32.ir_ranks)
+
+
 def test_all_equal_scores_rank_every_caption_last_in_the_pool():
     """The tie rule: a degenerate model gets no hit, never a perfect score."""
     images, texts, ids, langs = problem(0)

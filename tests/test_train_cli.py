@@ -62,6 +62,20 @@ def test_unknown_language_is_a_clear_error_before_training(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_each_precision_trains_evaluates_and_writes_the_folder(tmp_path, precision):
+    """Both precisions run on any machine (auto picks one of them by hardware): bf16 trains and encodes under
+    autocast, and the ranking and the mixed pool still get fp32 scores."""
+    out = tmp_path / "run"
+    completed = _run("--output_dir", str(out), "--precision", precision, "--max_train_samples", "16", "--max_steps",
+                     "2", "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--save_strategy", "no",
+                     "--max_eval_samples", "24", "--test_split", "validation", "--disable_tqdm", "true")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert f"precision: {precision} (asked for)" in completed.stdout
+    results = json.loads((out / "model" / "eval_results.json").read_text())
+    assert results["mixed"]["recall"]["R@1"] >= 0 and results["mrv"]["TR"] >= 0
+
+
 @pytest.mark.slow
 def test_main_job_writes_a_loadable_hub_folder(tmp_path):
     """The main command, on a reduced budget: trains on EmojiCCR, evaluates, writes the Hub-ready folder."""
