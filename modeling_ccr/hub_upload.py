@@ -218,6 +218,14 @@ def _publish(
     return result
 
 
+def _checked_folder(path: str | Path, repo_id: str, missing: list[str], what: str) -> Path:
+    """The checks every push makes before any request: a valid repo id and nothing missing from the folder."""
+    validate_repo_id(repo_id)
+    if missing:
+        raise IncompleteFolderError(Path(path), missing, what=what)
+    return Path(path)
+
+
 def push_model(
     model_dir: str | Path,
     repo_id: str,
@@ -235,11 +243,7 @@ def push_model(
     Raises InvalidRepoIdError or IncompleteFolderError before any request; MissingTokenError,
     AuthenticationError, HubUnreachableError or PublishError for the Hub side.
     """
-    validate_repo_id(repo_id)
-    folder = Path(model_dir)
-    missing = check_model_folder(folder)
-    if missing:
-        raise IncompleteFolderError(folder, missing)
+    folder = _checked_folder(model_dir, repo_id, check_model_folder(Path(model_dir)), "model folder")
     card = render_model_card(folder, template=template, repo_id=repo_id)
     files, skipped = plan_model_upload(folder, card)
     return _publish(files, skipped, card, repo_id=repo_id, repo_type="model", revision=revision, private=private,
@@ -286,11 +290,7 @@ def push_metric(
     folder must point to a ``.py`` file (anything else is refused: :class:`UnsafeSymlinkError`). An app.py
     with evaluate's standard widget is added when the folder has none.
     """
-    validate_repo_id(repo_id)
-    folder = Path(metric_dir)
-    missing = check_metric_folder(folder, repo_id)
-    if missing:
-        raise IncompleteFolderError(folder, missing, what="metric folder")
+    folder = _checked_folder(metric_dir, repo_id, check_metric_folder(Path(metric_dir), repo_id), "metric folder")
     card = render_metric_card(folder, repo_id)
     # An evaluate module may link its helper modules from elsewhere (ours: mrv_core.py); nothing else leaves it.
     files, skipped = plan_upload(folder, card, "metric card with Space metadata", outside_suffixes=(".py",))
