@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from modeling_ccr.cli import run_cli  # noqa: E402
 from modeling_ccr.dataset_schema import LANGUAGE_COVERAGES  # noqa: E402
 from modeling_ccr.objectives import LOSS_TYPES as OBJECTIVES  # noqa: E402
+from modeling_ccr.objectives import check_objective  # noqa: E402
 from modeling_ccr.results import RetrievalResults, render_table  # noqa: E402
 
 TRAIN = Path(__file__).resolve().with_name("train.py")
@@ -62,6 +63,19 @@ def run(objective: str, seed: int, output: Path, epochs: float, extra: list[str]
             last = (completed.stderr.strip().splitlines() or ["(no message)"])[-1]
             raise RuntimeError(f"run {objective} seed {seed} failed (exit {completed.returncode}): {last}")
     return RetrievalResults.from_json(results)
+
+
+def _undefined_reason(objective: str, coverage: str) -> str | None:
+    """Why ``objective`` cannot train at ``coverage`` (train.py's own check), None when it can."""
+    try:
+        check_objective(objective, coverage=coverage)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def _defined(objective: str, coverage: str) -> bool:
+    return objective == DIVIDE_BY_K or _undefined_reason(objective, coverage) is None
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -128,7 +142,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"{', '.join(sorted(reserved))} are set per run by this script; do not pass them to train.py")
     rows = list(args.objectives) + ([DIVIDE_BY_K] if args.divide_by_k else [])
     results = {coverage: {objective: [] for objective in rows} for coverage in args.coverages}
-    jobs = [(coverage, objective, seed) for seed in args.seeds for coverage in args.coverages for objective in rows]
+    undefined = {(coverage, objective) for coverage in args.coverages for objective in args.objectives
+                 if not _defined(objective, coverage)}  # pivot without English for some images: no row
+    jobs = [(coverage, objective, seed) for seed in args.seeds for coverage in args.coverages for objective in rows
+            if (coverage, objective) not in undefined]
     for coverage, objective, seed in tqdm(jobs, desc="runs"):
         if args.table_only and not run_folder(objective, seed, args.output, coverage).joinpath(RESULTS).exists():
             continue
@@ -139,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
         if not per_objective:
             continue
         table, summaries[coverage] = summarise(per_objective)
+        for objective in sorted(objective for cov, objective in undefined if cov == coverage):
+            table += f"\n`{objective}` has no row here: {_undefined_reason(objective, coverage)}.\n"
         tables.append(f"### Training language coverage: {coverage}\n\n{table}")
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "comparison.md").write_text("\n".join(tables))

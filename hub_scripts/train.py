@@ -434,7 +434,7 @@ def prepare(argv: list[str] | None = None) -> PreparedRun:
     languages = sorted(train.languages) if hasattr(train, "languages") else dataset_languages(train)
     if hasattr(train, "languages") and training_args.max_steps <= 0:
         raise ValueError("training from a stream needs --max_steps (a stream has no length to count epochs by)")
-    check_objective(training_args.loss_type, languages)
+    check_objective(training_args.loss_type, languages, data_args.language_coverage)
     vision = resolve_tower(model_args.vision_model, vision_presets(model_args.image_size), "vision")
     text = resolve_tower(model_args.text_model, text_presets(model_args.vocab_size, model_args.max_text_length + 2), "text")
     return PreparedRun(model_args, data_args, training_args, run_dir, splits, languages, vision, text, arguments)

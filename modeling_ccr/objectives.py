@@ -291,13 +291,17 @@ def objectives_help() -> str:
     return "; ".join(f"{name}: {objective.summary}" for name, objective in OBJECTIVES.items())
 
 
-def check_objective(loss_type: str, languages: Sequence[str] | None = None) -> None:
-    """Raise a clear error when ``loss_type`` is unknown or the data's ``languages`` lack the one it needs."""
+def check_objective(loss_type: str, languages: Sequence[str] | None = None, coverage: str = "full") -> None:
+    """Raise a clear error when ``loss_type`` is unknown or the data's ``languages`` lack the one it needs
+    (with ``coverage`` other than full some images lack it, and every image of a batch needs it)."""
     if loss_type not in OBJECTIVES:
         raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
     needed = OBJECTIVES[loss_type].needs_language
     if languages is not None and needed is not None and needed not in languages:
         raise _missing_language(loss_type, f"the data has {list(languages)}")
+    if needed is not None and coverage != "full":
+        raise _missing_language(loss_type, f"every image needs one, and --language_coverage {coverage} leaves "
+                                           "some images without it")
 
 
 def pivot_language_id(languages: Sequence[str]) -> int | None:

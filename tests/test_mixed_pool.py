@@ -220,15 +220,20 @@ def test_trainer_metrics_include_the_mixed_pool():
     assert flat["mixed_offset_non_matching"] == pytest.approx(expected["offset"]["spread_non_matching"])
 
 
-def test_train_rejects_an_unknown_language_coverage_before_training(tmp_path):
+@pytest.mark.parametrize("options,message", [
+    (["--language_coverage", "some"], "language_coverage"),
+    # pivot needs English for every image of a batch; partial coverage leaves images without it
+    (["--language_coverage", "partial", "--loss_type", "pivot"], "leaves some images without it"),
+])
+def test_train_rejects_an_impossible_language_coverage_before_training(tmp_path, options, message):
     import subprocess
     import sys
     from pathlib import Path
 
     train = Path(__file__).resolve().parents[1] / "hub_scripts" / "train.py"
-    completed = subprocess.run([sys.executable, str(train), "--language_coverage", "some", "--output_dir",
-                                str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
-    assert completed.returncode != 0 and "language_coverage" in completed.stderr and "Traceback" not in completed.stderr
+    completed = subprocess.run([sys.executable, str(train), *options, "--output_dir", str(tmp_path / "out")],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 2 and message in completed.stderr and "Traceback" not in completed.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -253,3 +258,28 @@ def test_comparison_table_has_the_mixed_pool_and_reads_partial_and_divide_by_k_r
     assert "| mixed R@1 | MRV_TR_mixed | top-10 max excess (pts) | offset spread ×100 |" in table.splitlines()[0]
     assert summary[compare.DIVIDE_BY_K]["mixed R@1"] == [results.mixed["recall"]["R@1"], 0.0]
     json.dumps(summary)
+
+
+def test_comparison_leaves_out_objectives_undefined_at_a_coverage_and_says_why(tmp_path):
+    """compare_objectives.py --coverages full partial: no pivot run at partial coverage (some images have no English
+    caption), and the partial table says so instead of failing after the runs before it."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "hub_scripts" / "compare_objectives.py"
+    spec = importlib.util.spec_from_file_location("compare_objectives", path)
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    images, texts, ids, langs = problem(5)
+    results = results_from_ranks(compute_retrieval_ranks(images, texts, ids, langs))
+    for objective in ("one_to_k", "pivot"):
+        for coverage in ("full", "partial"):
+            folder = compare.run_folder(objective, 0, tmp_path, coverage) / "model"
+            folder.mkdir(parents=True)
+            results.save(folder / "eval_results.json")
+    compare.main(["--table_only", "--output", str(tmp_path), "--seeds", "0", "--objectives", "one_to_k", "pivot",
+                  "--coverages", "full", "partial"])
+    full, partial = (tmp_path / "comparison.md").read_text().split("### Training language coverage: partial")
+    assert "| pivot |" in full and "has no row" not in full
+    assert "| pivot |" not in partial and "| one_to_k |" in partial
+    assert "`pivot` has no row here: the pivot objective needs English ('en') captions" in partial
