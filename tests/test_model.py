@@ -206,15 +206,19 @@ def test_checkpoint_saved_before_the_fusion_module_loads_with_identical_outputs(
                     mlm_input_ids=expected["mlm_input_ids"], mlm_labels=expected["mlm_labels"], return_loss=True)
         tokens = model.get_image_tokens(expected["pixel_values"])
         itm = model.itm_scores(tokens, expected["input_ids"], expected["attention_mask"])
+    # the weights are the old file's, bit for bit; the outputs match to float rounding (the fixture was computed on
+    # another CPU, whose fp32 kernels may round differently: AVX-512 against AVX2)
+    state = list(model.state_dict().values())
+    for key, value in load_file(folder / "model.safetensors").items():
+        assert any(w.shape == value.shape and torch.equal(w, value) for w in state), key
     for name, value in [("image_embeds", out.image_embeds), ("text_embeds", out.text_embeds), ("image_tokens", tokens),
                         ("itm_scores", itm), ("loss_itc", out.loss_itc), ("loss_mlm", out.loss_mlm)]:
-        torch.testing.assert_close(value, expected[name], rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-5, msg=name)
     # what it saves loads again, through the Auto classes too
     model.save_pretrained(tmp_path / "resaved")
     again = AutoModel.from_pretrained(tmp_path / "resaved", trust_remote_code=True).eval()
     with torch.no_grad():
-        torch.testing.assert_close(again.get_image_tokens(expected["pixel_values"]), expected["image_tokens"],
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(again.get_image_tokens(expected["pixel_values"]), tokens, rtol=0, atol=0)
     # a folder saved by today's code loads without any renaming
     fresh = make_model(num_fusion_layers=1)
     fresh.save_pretrained(tmp_path / "new")
