@@ -237,15 +237,22 @@ def test_train_rejects_an_impossible_language_coverage_before_training(tmp_path,
     assert not (tmp_path / "out").exists()
 
 
-def test_comparison_table_has_the_mixed_pool_and_reads_partial_and_divide_by_k_runs(tmp_path):
+def _compare_objectives():
+    """hub_scripts/compare_objectives.py as a module."""
     import importlib.util
-    import json
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "hub_scripts" / "compare_objectives.py"
     spec = importlib.util.spec_from_file_location("compare_objectives", path)
     compare = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(compare)
+    return compare
+
+
+def test_comparison_table_has_the_mixed_pool_and_reads_partial_and_divide_by_k_runs(tmp_path):
+    import json
+
+    compare = _compare_objectives()
     images, texts, ids, langs = problem(4)
     results = results_from_ranks(compute_retrieval_ranks(images, texts, ids, langs))
     results.mixed = mixed_pool_metrics(compute_mixed_pool_ranks(images, texts, ids, langs))
@@ -263,13 +270,8 @@ def test_comparison_table_has_the_mixed_pool_and_reads_partial_and_divide_by_k_r
 def test_comparison_leaves_out_objectives_undefined_at_a_coverage_and_says_why(tmp_path):
     """compare_objectives.py --coverages full partial: no pivot run at partial coverage (some images have no English
     caption), and the partial table says so instead of failing after the runs before it."""
-    import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "hub_scripts" / "compare_objectives.py"
-    spec = importlib.util.spec_from_file_location("compare_objectives", path)
-    compare = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare)
+    compare = _compare_objectives()
     images, texts, ids, langs = problem(5)
     results = results_from_ranks(compute_retrieval_ranks(images, texts, ids, langs))
     for objective in ("one_to_k", "pivot"):
