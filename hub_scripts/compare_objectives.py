@@ -74,10 +74,6 @@ def _undefined_reason(objective: str, coverage: str) -> str | None:
     return None
 
 
-def _defined(objective: str, coverage: str) -> bool:
-    return objective == DIVIDE_BY_K or _undefined_reason(objective, coverage) is None
-
-
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
@@ -142,8 +138,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"{', '.join(sorted(reserved))} are set per run by this script; do not pass them to train.py")
     rows = list(args.objectives) + ([DIVIDE_BY_K] if args.divide_by_k else [])
     results = {coverage: {objective: [] for objective in rows} for coverage in args.coverages}
-    undefined = {(coverage, objective) for coverage in args.coverages for objective in args.objectives
-                 if not _defined(objective, coverage)}  # pivot without English for some images: no row
+    # (coverage, objective) -> why it cannot train there (pivot without English for some images): no row
+    undefined = {(coverage, objective): reason for coverage in args.coverages for objective in args.objectives
+                 if (reason := _undefined_reason(objective, coverage)) is not None}
     jobs = [(coverage, objective, seed) for seed in args.seeds for coverage in args.coverages for objective in rows
             if (coverage, objective) not in undefined]
     for coverage, objective, seed in tqdm(jobs, desc="runs"):
@@ -156,8 +153,9 @@ def main(argv: list[str] | None = None) -> None:
         if not per_objective:
             continue
         table, summaries[coverage] = summarise(per_objective)
-        for objective in sorted(objective for cov, objective in undefined if cov == coverage):
-            table += f"\n`{objective}` has no row here: {_undefined_reason(objective, coverage)}.\n"
+        for (cov, objective), reason in sorted(undefined.items()):
+            if cov == coverage:
+                table += f"\n`{objective}` has no row here: {reason}.\n"
         tables.append(f"### Training language coverage: {coverage}\n\n{table}")
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "comparison.md").write_text("\n".join(tables))
