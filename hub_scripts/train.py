@@ -40,7 +40,15 @@ from modeling_ccr.dataset_schema import (  # noqa: E402
 )
 from modeling_ccr.objectives import check_objective  # noqa: E402
 from modeling_ccr.presets import resolve_tower, text_presets, vision_presets  # noqa: E402
-from modeling_ccr.recipes import CCRK_COMPOSITION, RECIPES, STAGES, recipe_config, stage_settings  # noqa: E402
+from modeling_ccr.recipes import (  # noqa: E402
+    CCRK_COMPOSITION,
+    RECIPES,
+    STAGES,
+    TRAINER_OWNED_FIELDS,
+    parse_config_overrides,
+    recipe_config,
+    stage_settings,
+)
 from modeling_ccr.results import RetrievalResults, dataset_name  # noqa: E402
 from modeling_ccr.run_folder import (  # noqa: E402
     STAGING_PREFIX,
@@ -94,6 +102,11 @@ class ModelArguments:
     )
     init_from: str | None = field(
         default=None, metadata={"help": "A model folder to start from (the pretrain stage's <output_dir>/model)."}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "CCRConfig fields for a new model, after --recipe, e.g. 'positive_sampling=softmax,"
+                  "itm_head_type=linear' (one behaviour of a recipe switched back, for ablations)."},
     )
 
 
@@ -189,6 +202,9 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, Data
     for name, value in positive.items():
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be >= 1, got {value}")
+    if model_args.config_overrides and model_args.init_from:
+        raise ValueError("--config_overrides builds a new model; a model from --init_from keeps its config")
+    parse_config_overrides(model_args.config_overrides)  # an unknown field or value fails before anything is built
     if data_args.rerank_top_k < 0:
         raise ValueError(f"--rerank_top_k must be >= 0, got {data_args.rerank_top_k}")
     if data_args.languages is not None and not [x for x in data_args.languages.split(",") if x.strip()]:
@@ -212,7 +228,7 @@ def apply_recipe_and_stage(model_args: ModelArguments, data_args: DataArguments,
         target = data_args if name == "rerank_top_k" else training_args
         if name not in given:
             setattr(target, name, value)
-    for name in ("mlm_probability", "itc_divide_by_k"):  # training arguments the trainer writes into the config
+    for name in TRAINER_OWNED_FIELDS:  # training arguments the trainer writes into the config
         if name in config and name not in given:
             setattr(training_args, name, config[name])
     if model_args.stage == "finetune" and not model_args.init_from:
@@ -309,8 +325,9 @@ def build_processor(model_args: ModelArguments, train_split, vision_path: str | 
 
 
 def _recipe_fields(model_args: ModelArguments) -> dict:
-    """The recipe's config fields, less the two the trainer writes from its arguments."""
-    return {k: v for k, v in recipe_config(model_args.recipe).items() if k not in ("mlm_probability", "itc_divide_by_k")}
+    """The recipe's config fields (less those the trainer writes from its arguments), then --config_overrides."""
+    fields = {k: v for k, v in recipe_config(model_args.recipe).items() if k not in TRAINER_OWNED_FIELDS}
+    return {**fields, **parse_config_overrides(model_args.config_overrides)}
 
 
 def load_initial_model(model_args: ModelArguments) -> tuple[CCRModel, CCRProcessor]:

@@ -12,7 +12,9 @@ from transformers import (
     AutoConfig,
     BertConfig,
     CLIPVisionConfig,
+    ConvNextConfig,
     PretrainedConfig,
+    ResNetConfig,
     SwinConfig,
     ViTConfig,
     XLMRobertaConfig,
@@ -34,6 +36,11 @@ def vision_presets(image_size: int) -> dict[str, PretrainedConfig]:
             image_size=image_size, patch_size=patch, hidden_size=128, num_hidden_layers=3,
             num_attention_heads=4, intermediate_size=512,
         ),
+        # Convolutional towers: their locality prior learns more from a thousand images than a ViT's patches.
+        "tiny-resnet": ResNetConfig(
+            embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1], layer_type="basic",
+        ),
+        "tiny-convnext": ConvNextConfig(patch_size=4, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1]),
     }
 
 

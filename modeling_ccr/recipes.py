@@ -44,6 +44,37 @@ def recipe_config(recipe: str) -> dict[str, Any]:
     return dict(RECIPES[recipe])
 
 
+# Training arguments that the trainer writes into the config: a config override of them would be overwritten.
+TRAINER_OWNED_FIELDS = ("mlm_probability", "itc_divide_by_k")
+
+
+def parse_config_overrides(overrides: str | None) -> dict[str, Any]:
+    """``"positive_sampling=softmax,itm_head_type=linear"`` as typed ``CCRConfig`` fields (transformers'
+    ``--config_overrides`` convention of its example scripts); a clear error for an unknown field or value."""
+    from .configuration_ccr import CCRConfig
+
+    if not overrides or not overrides.strip():
+        return {}
+    probe = CCRConfig()
+    names = []
+    for pair in overrides.split(","):
+        name, equals, value = (part.strip() for part in pair.partition("="))
+        if not equals or not name or not value:
+            raise ValueError(f"--config_overrides: {pair!r} is not name=value (pairs are separated by commas)")
+        if name in TRAINER_OWNED_FIELDS:
+            raise ValueError(f"--config_overrides: {name} is a training option; give --{name} instead")
+        try:
+            probe.update_from_string(f"{name}={value}")
+        except ValueError as error:
+            raise ValueError(f"--config_overrides: {name}={value}: {error}") from None
+        names.append(name)
+    try:
+        probe._validate_ccr()  # the config's own rules for the values
+    except ValueError as error:
+        raise ValueError(f"--config_overrides: {error}") from None
+    return {name: getattr(probe, name) for name in names}
+
+
 def stage_settings(stage: str) -> dict[str, Any]:
     """The training settings of ``stage`` (a clear error for an unknown name)."""
     if stage not in STAGES:
@@ -51,4 +82,7 @@ def stage_settings(stage: str) -> dict[str, Any]:
     return dict(STAGES[stage])
 
 
-__all__ = ["CCRK_COMPOSITION", "CCRK_CONFIG", "RECIPES", "STAGES", "recipe_config", "stage_settings"]
+__all__ = [
+    "CCRK_COMPOSITION", "CCRK_CONFIG", "RECIPES", "STAGES", "TRAINER_OWNED_FIELDS", "parse_config_overrides",
+    "recipe_config", "stage_settings",
+]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from modeling_ccr.recipes import CCRK_CONFIG
+from modeling_ccr.recipes import CCRK_CONFIG, parse_config_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,6 +57,38 @@ def test_bad_recipe_or_stage_is_a_clear_error(argv, message):
         _train_module().parse_arguments([*argv, "--output_dir", "/tmp/x"])
 
 
+def test_config_overrides_are_typed_fields_that_win_over_the_recipe():
+    assert parse_config_overrides(" positive_sampling=softmax , mlm_max_masks=5,itm_weight=0.5") == {
+        "positive_sampling": "softmax", "mlm_max_masks": 5, "itm_weight": 0.5}
+    assert parse_config_overrides(None) == parse_config_overrides(" ") == {}
+    train = _train_module()
+    model_args, _, _ = train.parse_arguments(
+        ["--recipe", "ccrk", "--config_overrides", "itm_head_type=linear", "--output_dir", "/tmp/x"])
+    fields = train._recipe_fields(model_args)
+    assert fields["itm_head_type"] == "linear" and fields["positive_sampling"] == "ccrk"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ("positive_sampling", "is not name=value"),
+        ("positive_sampling=", "is not name=value"),
+        ("no_such_field=1", "no_such_field=1: key no_such_field"),
+        ("mlm_max_masks=many", "mlm_max_masks=many: invalid literal"),
+        ("mlm_masking=random", "mlm_masking must be one of"),
+        ("mlm_probability=0.2", "give --mlm_probability instead"),
+    ],
+)
+def test_bad_config_overrides_are_clear_errors(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        parse_config_overrides(overrides)
+
+
+def test_config_overrides_with_init_from_are_refused():
+    with pytest.raises(ValueError, match="a model from --init_from keeps its config"):
+        _train_module().parse_arguments(["--init_from", "m", "--config_overrides", "itm_weight=2", "--output_dir", "x"])
+
+
 def test_two_stages_run_end_to_end(tmp_path):
     """Pretrain (1-to-K + MITM + CMLM, ccrk recipe) on 16 images, then finetune from it; the saved configs and
     results say what ran (a few seconds each)."""
@@ -66,9 +98,11 @@ def test_two_stages_run_end_to_end(tmp_path):
               "--recipe", "ccrk", "--test_split", "validation"]
     pre = tmp_path / "pre"
     subprocess.run([sys.executable, str(ROOT / "hub_scripts" / "train.py"), *common, "--stage", "pretrain",
-                    "--num_fusion_layers", "1", "--output_dir", str(pre)], check=True, env=env, capture_output=True)
+                    "--num_fusion_layers", "1", "--config_overrides", "negative_sampling=softmax",
+                    "--output_dir", str(pre)], check=True, env=env, capture_output=True)
     config = json.loads((pre / "model" / "config.json").read_text())
     assert config["itm_head_type"] == "mlp" and config["mlm_masking"] == "ccrk" and config["mlm_probability"] == 0.4
+    assert config["negative_sampling"] == "softmax" and config["positive_sampling"] == "ccrk"  # the override won
     fine = tmp_path / "fine"
     subprocess.run([sys.executable, str(ROOT / "hub_scripts" / "train.py"), *common, "--stage", "finetune",
                     "--init_from", str(pre / "model"), "--rerank_top_k", "2", "--output_dir", str(fine)],
