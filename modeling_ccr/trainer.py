@@ -209,6 +209,20 @@ def ccr_training_loss(
     return dataclasses.replace(outputs, loss=loss, loss_itc=loss_itc)
 
 
+def _refuse_batch_norm(model: torch.nn.Module, steps: int) -> None:
+    """Accumulated negatives need examples encoded independently: BatchNorm normalises each micro-batch by its own
+    statistics (and its no-graph pass would update the running statistics twice), so the gradients would not be
+    those of one large batch."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            raise ValueError(
+                f"contrastive_accumulation_steps={steps} needs towers without BatchNorm ({name} is a "
+                f"{type(module).__name__}): each micro-batch would be normalised by its own statistics, so the "
+                "gradients would not be those of one large batch; use a LayerNorm tower (e.g. the tiny-convnext "
+                "preset, ConvNeXt, ViT) or --contrastive_accumulation_steps 1"
+            )
+
+
 class CCRTrainer(Trainer):
     """Trainer for ``CCRModel`` on canonical CCR datasets (image + captions in several languages).
 
@@ -247,6 +261,8 @@ class CCRTrainer(Trainer):
         self._apply_weights(model, args)
         if model is not None and (args.freeze_vision or args.freeze_text):
             freeze_towers(model, args.freeze_vision, args.freeze_text, args.unfrozen_layers)
+        if model is not None and args.contrastive_accumulation_steps > 1:
+            _refuse_batch_norm(model, args.contrastive_accumulation_steps)
         self.image_augmentation = ImageAugmentation() if args.image_augmentation else None
         if data_collator is None:
             if processing_class is None:

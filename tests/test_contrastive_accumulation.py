@@ -79,3 +79,18 @@ def test_trainer_trains_with_accumulated_negatives(tmp_path, tiny_data):
     assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
     with pytest.raises(ValueError, match="contrastive_accumulation_steps"):
         CCRTrainingArguments(output_dir=str(tmp_path), contrastive_accumulation_steps=0)
+
+
+def test_a_batch_norm_tower_is_refused_with_accumulated_negatives(tmp_path, tiny_data):
+    """BatchNorm couples the examples of a micro-batch: the gradients could not be those of one large batch."""
+    from transformers import AutoModel
+
+    from modeling_ccr.presets import vision_presets
+
+    dataset, processor = tiny_data
+    model = tiny_model(processor, seed=0)
+    model.vision_model = AutoModel.from_config(vision_presets(32)["tiny-resnet"])
+    args = CCRTrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True,
+                                contrastive_accumulation_steps=2)
+    with pytest.raises(ValueError, match=r"needs towers without BatchNorm \(vision_model\.embedder"):
+        CCRTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from modeling_ccr.configuration_ccr import CCRConfig
+from modeling_ccr.freezing import freeze_tower
 from modeling_ccr.modeling_ccr import CCRModel
 from modeling_ccr.presets import resolve_tower, text_presets, vision_presets
 
@@ -33,6 +34,17 @@ def test_each_vision_preset_encodes_learns_and_reloads(name: str, tmp_path) -> N
     reloaded = CCRModel.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded.get_image_features(pixels), model.get_image_features(pixels))
+
+
+@pytest.mark.parametrize("name", sorted(vision_presets(IMAGE_SIZE)))
+def test_each_vision_preset_freezes_all_but_its_last_stage(name: str) -> None:
+    vision, _ = resolve_tower(name, vision_presets(IMAGE_SIZE), "vision")
+    from transformers import AutoModel
+
+    tower = AutoModel.from_config(vision)
+    total = sum(p.numel() for p in tower.parameters())
+    assert 0 < freeze_tower(tower, unfrozen_layers=1) < total
+    assert freeze_tower(tower) == 0 and not any(p.requires_grad for p in tower.parameters())
 
 
 def test_an_unknown_preset_names_the_choices() -> None:
