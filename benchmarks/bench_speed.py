@@ -38,7 +38,8 @@ from modeling_ccr.trainer import ccr_training_loss  # noqa: E402
 
 
 def build_model(quick: bool, image_size: int = 64, layers: int = 3, hidden: int = 128) -> CCRModel:
-    """The main job's towers (tiny-vit / tiny-bert presets' sizes), or smaller ones for --quick."""
+    """ViT and BERT towers of the tiny-vit / tiny-bert presets' sizes (the main job's until round 3; the figures in the
+    README were measured with them), or smaller ones for --quick."""
     if quick:
         image_size, layers, hidden = 32, 2, 32
     vision = ViTConfig(image_size=image_size, patch_size=max(4, image_size // 8), hidden_size=hidden,

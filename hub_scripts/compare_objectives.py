@@ -36,6 +36,10 @@ from modeling_ccr.results import RetrievalResults, render_table  # noqa: E402
 TRAIN = Path(__file__).resolve().with_name("train.py")
 
 
+# The model every comparison trains: the main job's model when the published tables were measured (ViT tower,
+# 16-token captions, no augmentation), fixed so that they reproduce; options after ``--`` come later and win.
+COMPARISON_MODEL = ["--vision_model", "tiny-vit", "--max_text_length", "16", "--no_image_augmentation"]
+
 DIVIDE_BY_K = "one_to_k ÷K"  # 1-to-K with the authors' released normalisation (itc_divide_by_k)
 
 
@@ -56,7 +60,7 @@ def run(objective: str, seed: int, output: Path, epochs: float, extra: list[str]
         command = [
             sys.executable, str(TRAIN), *loss, "--seed", str(seed), "--output_dir", str(folder),
             "--num_train_epochs", str(epochs), "--eval_strategy", "no", "--save_strategy", "no",
-            "--report_to", "none", "--disable_tqdm", "true", "--language_coverage", coverage, *extra,
+            "--report_to", "none", "--disable_tqdm", "true", "--language_coverage", coverage, *COMPARISON_MODEL, *extra,
         ]
         completed = subprocess.run(command, capture_output=True, text=True)
         if completed.returncode != 0:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare_objectives import summarise  # noqa: E402
+from compare_objectives import COMPARISON_MODEL, summarise  # noqa: E402
 
 from modeling_ccr.cli import run_cli  # noqa: E402
 from modeling_ccr.results import RetrievalResults  # noqa: E402
@@ -54,7 +54,7 @@ def train(folder: Path, seed: int, epochs: float, options: list[str]) -> Path:
     model = folder / "model"
     if not (model / "eval_results.json").exists():
         command = [sys.executable, str(HERE / "train.py"), "--seed", str(seed), "--output_dir", str(folder),
-                   "--num_train_epochs", str(epochs), "--rerank_top_k", "0", *QUIET, *options]
+                   "--num_train_epochs", str(epochs), "--rerank_top_k", "0", *QUIET, *COMPARISON_MODEL, *options]
         _call(command, f"training {folder.name}")
     return model
 

@@ -24,6 +24,7 @@ from transformers import (
 def vision_presets(image_size: int) -> dict[str, PretrainedConfig]:
     """Small vision towers sized for ``image_size`` pixel inputs (the main job uses 64 px emoji)."""
     patch = max(4, image_size // 8)
+    stages = max(1, min(4, (image_size // 8).bit_length()))  # 64 px: 4 stages, a 2x2 map; 32 px: 3; 16 px: 2
     return {
         "tiny-vit": ViTConfig(
             image_size=image_size, patch_size=patch, hidden_size=128, num_hidden_layers=3,
@@ -37,8 +38,10 @@ def vision_presets(image_size: int) -> dict[str, PretrainedConfig]:
             num_attention_heads=4, intermediate_size=512,
         ),
         # Convolutional towers: their locality prior learns more from a thousand images than a ViT's patches.
+        # Stages (each halves the map after the stem's /4) stop while the map is >= 2x2: BatchNorm needs more than
+        # one value per channel, also for a batch of one image.
         "tiny-resnet": ResNetConfig(
-            embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1], layer_type="basic",
+            embedding_size=32, hidden_sizes=[32, 64, 128, 256][:stages], depths=[1] * stages, layer_type="basic",
         ),
         "tiny-convnext": ConvNextConfig(patch_size=4, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 2, 1]),
     }

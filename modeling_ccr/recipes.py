@@ -47,6 +47,13 @@ def recipe_config(recipe: str) -> dict[str, Any]:
 # Training arguments that the trainer writes into the config: a config override of them would be overwritten.
 TRAINER_OWNED_FIELDS = ("mlm_probability", "itc_divide_by_k")
 
+# Config fields that change how a model trains or scores, not its weights' shapes: the only ones that may change on a
+# model loaded from an earlier stage (``--init_from``).
+BEHAVIOUR_FIELDS = frozenset(
+    {name for name in CCRK_CONFIG if name not in TRAINER_OWNED_FIELDS and name != "itm_head_type"}
+    | {"itc_weight", "itm_weight", "mlm_weight"}
+)
+
 
 def parse_config_overrides(overrides: str | None) -> dict[str, Any]:
     """``"positive_sampling=softmax,itm_head_type=linear"`` as typed ``CCRConfig`` fields (transformers'
@@ -83,6 +90,6 @@ def stage_settings(stage: str) -> dict[str, Any]:
 
 
 __all__ = [
-    "CCRK_COMPOSITION", "CCRK_CONFIG", "RECIPES", "STAGES", "TRAINER_OWNED_FIELDS", "parse_config_overrides",
+    "BEHAVIOUR_FIELDS", "CCRK_COMPOSITION", "CCRK_CONFIG", "RECIPES", "STAGES", "TRAINER_OWNED_FIELDS", "parse_config_overrides",
     "recipe_config", "stage_settings",
 ]

@@ -50,3 +50,15 @@ def test_each_vision_preset_freezes_all_but_its_last_stage(name: str) -> None:
 def test_an_unknown_preset_names_the_choices() -> None:
     with pytest.raises(ValueError, match="tiny-resnet"):
         resolve_tower("tiny vgg", vision_presets(IMAGE_SIZE), "vision")
+
+
+@pytest.mark.parametrize("image_size", [16, 32])
+def test_the_tiny_resnet_trains_on_a_batch_of_one_small_image(image_size: int) -> None:
+    """Its stages stop at a 2x2 map, so BatchNorm has more than one value per channel even for one image."""
+    vision, _ = resolve_tower("tiny-resnet", vision_presets(image_size), "vision")
+    text, _ = resolve_tower("tiny-bert", text_presets(vocab_size=50, max_length=10), "text")
+    model = CCRModel(CCRConfig.from_vision_text_configs(vision, text, projection_dim=16)).train()
+    input_ids = torch.randint(5, 50, (2, 7))
+    outputs = model(pixel_values=torch.rand(1, 3, image_size, image_size), input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids), text_image_ids=torch.tensor([0, 0]), return_loss=True)
+    assert torch.isfinite(outputs.loss)

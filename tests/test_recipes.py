@@ -84,9 +84,13 @@ def test_bad_config_overrides_are_clear_errors(overrides, message):
         parse_config_overrides(overrides)
 
 
-def test_config_overrides_with_init_from_are_refused():
-    with pytest.raises(ValueError, match="a model from --init_from keeps its config"):
-        _train_module().parse_arguments(["--init_from", "m", "--config_overrides", "itm_weight=2", "--output_dir", "x"])
+def test_a_shape_override_with_init_from_is_refused():
+    train = _train_module()
+    for shape in ("itm_head_type=mlp", "num_fusion_layers=3"):
+        with pytest.raises(ValueError, match="the --init_from checkpoint fixes the model's shape"):
+            train.parse_arguments(["--init_from", "m", "--config_overrides", shape, "--output_dir", "x"])
+    model_args, _, _ = train.parse_arguments(["--init_from", "m", "--config_overrides", "itm_weight=2", "--output_dir", "x"])
+    assert train._recipe_fields(model_args) == {"itm_weight": 2.0}  # applied to the loaded model's config
 
 
 def test_two_stages_run_end_to_end(tmp_path):
