@@ -71,9 +71,8 @@ from modeling_ccr.trainer import (  # noqa: E402
 class ModelArguments:
     vision_model: str = field(
         default="tiny-resnet",
-        metadata={"help": "Vision tower: a preset (tiny-vit, tiny-swin, tiny-clip-vision, tiny-resnet, tiny-convnext), a "
-                  "pretrained model "
-                  "folder or Hub id (weights loaded), or a config.json (random init)."},
+        metadata={"help": "Vision tower: a preset (tiny-vit, tiny-swin, tiny-clip-vision, tiny-resnet, tiny-convnext), "
+                  "a pretrained model folder or Hub id (weights loaded), or a config.json (random init)."},
     )
     text_model: str = field(
         default="tiny-bert",

@@ -90,6 +90,6 @@ def stage_settings(stage: str) -> dict[str, Any]:
 
 
 __all__ = [
-    "BEHAVIOUR_FIELDS", "CCRK_COMPOSITION", "CCRK_CONFIG", "RECIPES", "STAGES", "TRAINER_OWNED_FIELDS", "parse_config_overrides",
-    "recipe_config", "stage_settings",
+    "BEHAVIOUR_FIELDS", "CCRK_COMPOSITION", "CCRK_CONFIG", "RECIPES", "STAGES", "TRAINER_OWNED_FIELDS",
+    "parse_config_overrides", "recipe_config", "stage_settings",
 ]
