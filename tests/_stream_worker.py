@@ -62,6 +62,11 @@ def main() -> None:
     # every rank waits for rank 0, then leaves the group together (a rank exiting alone aborts its gloo peer)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+    # Leave without tearing objects down: freeing the DDP reducer, which still holds the gloo group, at interpreter
+    # exit can deadlock with gloo's threads waiting for the GIL (a rank seen hanging in ~ProcessGroupGloo).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
