@@ -6,11 +6,15 @@
     queries whose rank of the gold image is the same in both (rank agreement);
 (c) peak memory of one training step with accumulated negatives (``--contrastive_accumulation_steps N`` on a
     batch of N x b images) against one micro-batch of b images and against the plain N x b batch, each measured in
-    a fresh process as the rise of its peak resident memory (VmHWM, reset just before) over the step.
+    a fresh process as the rise of its peak resident memory (VmHWM, reset just before) over the step;
+(d) training step on real EmojiCCR texts of mixed lengths (names and keyword lists): CCRModel, whose text tower
+    runs the batch in length groups, against transformers' VisionTextDualEncoderModel with the same towers, which
+    pads every text to the longest.
 
 The last line reads ``bf16_step=<x> freeze_vision_step=<x> freeze_text_step=<x> unfrozen1_step=<x>
-bf16_encode=<x> r1_rank_agreement=<%> accum_memory_vs_micro=<x> big_batch_memory_vs_micro=<x>``: step and encode
-ratios are time(fp32 reference) / time(variant), higher is faster; memory ratios peak(variant) / peak(micro-batch).
+bf16_encode=<x> r1_rank_agreement=<%> accum_memory_vs_micro=<x> big_batch_memory_vs_micro=<x>
+length_groups_step=<x>``: step and encode ratios are time(reference) / time(variant), higher is faster; memory
+ratios peak(variant) / peak(micro-batch).
 
     python benchmarks/bench_speed.py             # main-job sizes
     python benchmarks/bench_speed.py --quick     # a few seconds
@@ -116,6 +120,65 @@ def bench_encoding(quick: bool, repeats: int) -> tuple[dict[str, float], float]:
     return times, agreement
 
 
+def emoji_text_batch(images: int, max_length: int = 32, seed: int = 3) -> dict:
+    """Real training texts: one EmojiCCR caption per image and language (a name or a keyword list, drawn at random),
+    tokenized by a tokenizer trained on the training captions, padded to the batch's longest."""
+    from modeling_ccr.emoji_dataset import load_emoji_ccr
+    from modeling_ccr.tokenizer_training import train_tokenizer
+
+    captions = load_emoji_ccr("train")["captions"]
+    tokenizer = train_tokenizer([c["text"] for row in captions for c in row], vocab_size=8000, model_max_length=max_length)
+    g = torch.Generator().manual_seed(seed)
+    languages = sorted({c["language"] for row in captions for c in row})
+    texts, image_ids, language_ids = [], [], []
+    for image, row in enumerate(captions[:images]):
+        for language_id, language in enumerate(languages):
+            options = [c["text"] for c in row if c["language"] == language]
+            if options:
+                texts.append(options[int(torch.randint(len(options), (1,), generator=g))])
+                image_ids.append(image)
+                language_ids.append(language_id)
+    encoded = tokenizer(texts, padding=True, truncation=True, return_token_type_ids=False, return_tensors="pt")
+    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
+            "text_image_ids": torch.tensor(image_ids), "text_language_ids": torch.tensor(language_ids)}
+
+
+def bench_length_groups(quick: bool, repeats: int) -> tuple[dict[str, float], float]:
+    """(d) A training step on real EmojiCCR texts of mixed lengths: CCRModel, whose text tower runs the batch in
+    length groups, against transformers' VisionTextDualEncoderModel with the same towers and weights, which runs
+    it in one call padded to the longest caption. Returns the medians and the share of padding in the batch."""
+    from transformers import BertModel, VisionTextDualEncoderModel, ViTModel
+
+    ccr = build_model(quick)
+    vision, text = ViTModel(ccr.config.vision_config), BertModel(ccr.config.text_config)  # with the poolers CLIP's
+    vision.load_state_dict(ccr.vision_model.state_dict(), strict=False)                  # loss reads
+    text.load_state_dict(ccr.text_model.state_dict(), strict=False)
+    vtde = VisionTextDualEncoderModel(vision_model=vision, text_model=text).train()
+    texts = emoji_text_batch(16 if quick else 64, max_length=ccr.config.text_config.max_position_embeddings)
+    size = ccr.config.vision_config.image_size
+    pixel_values = torch.randn(int(texts["text_image_ids"].max()) + 1, 3, size, size, generator=torch.Generator().manual_seed(4))
+    batch = {**texts, "pixel_values": pixel_values}
+    pairs = {"input_ids": texts["input_ids"], "attention_mask": texts["attention_mask"],
+             "pixel_values": pixel_values[texts["text_image_ids"]]}  # CLIP's loss wants one text per image
+    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-5) for name, model in (("ccr", ccr), ("vtde", vtde))}
+
+    def step_ccr():
+        loss = ccr_training_loss(ccr, batch).loss
+        optimizers["ccr"].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers["ccr"].step()
+
+    def step_vtde():
+        loss = vtde(**pairs, return_loss=True).loss
+        optimizers["vtde"].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers["vtde"].step()
+
+    times = interleaved_medians({"CCRModel": step_ccr, "VisionTextDualEncoderModel": step_vtde}, repeats, 1, 2,
+                                "length groups")
+    return times, 100.0 * (1.0 - float(texts["attention_mask"].float().mean()))
+
+
 def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -178,6 +241,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     memory = bench_memory(args.quick, args.accumulation)
     print(f"(c) peak memory rise of one step (MiB): micro-batch {memory['micro']:.0f}, "
           f"{args.accumulation} accumulated {memory['accumulated']:.0f}, one big batch {memory['big_batch']:.0f}")
+    groups, padding = bench_length_groups(args.quick, repeats)
+    print(f"(d) train step on EmojiCCR texts ({padding:.0f} % padding): CCRModel {groups['CCRModel'] * 1e3:.1f} ms, "
+          f"VisionTextDualEncoderModel {groups['VisionTextDualEncoderModel'] * 1e3:.1f} ms")
     result = {
         "bf16_step": steps["fp32"] / steps["bf16"],
         "freeze_vision_step": steps["fp32"] / steps["freeze_vision"],
@@ -187,6 +253,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "r1_rank_agreement": agreement,
         "accum_memory_vs_micro": memory["accumulated"] / max(memory["micro"], 1e-9),
         "big_batch_memory_vs_micro": memory["big_batch"] / max(memory["micro"], 1e-9),
+        "length_groups_step": groups["VisionTextDualEncoderModel"] / groups["CCRModel"],
     }
     print(" ".join(f"{key}={value:.3f}" for key, value in result.items()))
     return result

@@ -46,7 +46,7 @@ def test_bench_speed_quick_mode_reports_every_ratio(capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == " ".join(f"{key}={value:.3f}" for key, value in result.items())
     assert all(value >= 0 for value in result.values()) and result["bf16_step"] > 0 and result["bf16_encode"] > 0
-    assert 0 <= result["r1_rank_agreement"] <= 100
+    assert 0 <= result["r1_rank_agreement"] <= 100 and result["length_groups_step"] > 0
 
 
 def test_bench_train_quick_run_reports_steps_per_second_and_memory_for_both_sizes():

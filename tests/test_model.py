@@ -390,3 +390,73 @@ def test_bf16_autocast_keeps_embeddings_logits_and_loss_in_fp32():
     assert torch.isfinite(outputs.loss)
     outputs.loss.backward()
     assert model.tau.grad is not None and torch.isfinite(model.tau.grad)
+
+
+def _mixed_length_batch(n_short: int = 100, n_long: int = 100, short: int = 4, long: int = 30, seed: int = 0):
+    """Right-padded token ids: many short and many long texts, the batch a length-grouped text tower splits."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.cat([torch.randint(2, short + 1, (n_short,), generator=generator),
+                         torch.randint(long - 6, long + 1, (n_long,), generator=generator)])
+    lengths = lengths[torch.randperm(len(lengths), generator=generator)]
+    mask = (torch.arange(long) < lengths[:, None]).long()
+    return torch.randint(5, 60, mask.shape, generator=generator) * mask, mask
+
+
+@pytest.mark.parametrize("text", ["xlmr", "bert"])
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_a_texts_embedding_and_gradient_do_not_depend_on_the_texts_padded_with_it(text, pooling):
+    """The text tower runs a mixed-length batch in length groups: every text's features, and the gradients they
+    send to the weights, equal those of the text encoded alone, without padding."""
+    from modeling_ccr.modeling_ccr import text_length_groups
+
+    input_ids, mask = _mixed_length_batch()
+    assert text_length_groups(mask) is not None and len(text_length_groups(mask)) >= 2
+    model = make_model(text=text, text_pooling=pooling).eval()
+    weights = torch.randn(input_ids.shape[0], model.config.projection_dim)
+    batched = model.get_text_features(input_ids=input_ids, attention_mask=mask)
+    (batched * weights).sum().backward()
+    batched_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    alone = []
+    for row in range(input_ids.shape[0]):
+        length = int(mask[row].sum())
+        alone.append(model.get_text_features(input_ids=input_ids[row : row + 1, :length],
+                                             attention_mask=mask[row : row + 1, :length]))
+    alone = torch.cat(alone)
+    (alone * weights).sum().backward()
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+    assert batched_grads.keys() == {name for name, p in model.named_parameters() if p.grad is not None}
+    scale = max(float(grad.abs().max()) for grad in batched_grads.values())  # some are ~0 (key biases)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(batched_grads[name], p.grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
+
+
+def test_forward_returns_text_hidden_states_in_the_batch_order_and_width():
+    """The fusion encoder reads the text tower's hidden states: length groups give them back in place, as wide as
+    the batch, the real tokens' states those of each text alone."""
+    input_ids, mask = _mixed_length_batch(n_short=60, n_long=60)
+    model = make_model(text="bert", num_fusion_layers=1).eval()
+    pixel_values = torch.randn(input_ids.shape[0], 3, IMAGE_SIZE, IMAGE_SIZE)
+    with torch.no_grad():
+        output = model(input_ids=input_ids, attention_mask=mask, pixel_values=pixel_values, return_loss=True)
+        hidden = output.text_model_output.last_hidden_state
+        assert hidden.shape[:2] == input_ids.shape and torch.isfinite(output.loss)
+        for row in (0, 1, 57, 119):
+            length = int(mask[row].sum())
+            alone = model.text_model(input_ids=input_ids[row : row + 1, :length],
+                                     attention_mask=mask[row : row + 1, :length]).last_hidden_state[0]
+            torch.testing.assert_close(hidden[row, :length], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_length_groups_partition_the_rows_and_keep_left_padded_or_even_batches_whole():
+    from modeling_ccr.modeling_ccr import text_length_groups
+
+    _, mask = _mixed_length_batch()
+    groups = text_length_groups(mask)
+    assert sorted(torch.cat(groups).tolist()) == list(range(mask.shape[0]))
+    longest = [int(mask[rows].sum(1).max()) for rows in groups]
+    assert longest == sorted(longest) and longest[0] <= 8
+    assert text_length_groups(mask.flip(1)) is None  # left padding: cutting columns would cut tokens
+    assert text_length_groups(torch.ones(300, 30, dtype=torch.long)) is None
+    assert text_length_groups(mask[:3]) is None  # a few texts: one tower call costs less than the padding
