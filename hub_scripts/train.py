@@ -165,8 +165,15 @@ class TrainScriptArguments(CCRTrainingArguments):
     warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up: steps, or a fraction of all steps if < 1."})
     lr_scheduler_type: SchedulerType | str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
     logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
-    eval_strategy: IntervalStrategy | str = field(default="epoch", metadata={"help": "When to evaluate on --eval_split: no, steps, epoch."})
-    save_strategy: SaveStrategy | str = field(default="epoch", metadata={"help": "When to write a checkpoint: no, steps, epoch."})
+    eval_strategy: IntervalStrategy | str = field(default="steps", metadata={"help": "When to evaluate on --eval_split: no, steps, epoch."})
+    eval_steps: float | None = field(
+        default=0.2, metadata={"help": "With --eval_strategy steps: every N steps, or a fraction of all steps if < 1 "
+                               "(the main job: 5 evaluations; each costs about a second)."}
+    )
+    save_strategy: SaveStrategy | str = field(default="steps", metadata={"help": "When to write a checkpoint: no, steps, epoch."})
+    save_steps: float = field(
+        default=0.2, metadata={"help": "With --save_strategy steps: every N steps, or a fraction of all steps if < 1."}
+    )
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep only the newest N checkpoints."})
     report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "Loggers: tensorboard, none, ..."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data loading worker processes."})

@@ -15,7 +15,7 @@ which ``Trainer`` seeds and restores, so a resumed run draws exactly what an uni
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -57,6 +57,11 @@ def sample_captions(batch: dict[str, torch.Tensor], captions_per_language: int) 
     return {key: value[keep] if key in text_keys else value for key, value in batch.items()}
 
 
+# Distinct captions whose token ids a collator keeps (a dataset's captions come back every epoch; a stream's rarely
+# do, and the cache stops growing here).
+TOKEN_CACHE_SIZE = 1 << 17
+
+
 @dataclass
 class CCRCollator:
     """Collates canonical rows for ``CCRModel``.
@@ -74,6 +79,7 @@ class CCRCollator:
     languages: Sequence[str]
     for_evaluation: bool = False
     max_texts_per_image: int | None = None
+    _token_ids: dict[str, list[int]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.languages:
@@ -106,13 +112,28 @@ class CCRCollator:
             images.append(feature["image"])
             groups.append(captions)
 
-        encoded = self.processor(images=images, captions=[[c["text"] for c in group] for group in groups])
-        batch = dict(encoded)
+        texts = [caption["text"] for group in groups for caption in group]
+        batch = {
+            "pixel_values": self.processor(images=images)["pixel_values"],
+            **self._tokenized(texts),
+            "text_image_ids": torch.tensor([row for row, group in enumerate(groups) for _ in group], dtype=torch.long),
+        }
         language_ids = torch.tensor(ids, dtype=torch.long)
         if self.for_evaluation:
             return self._evaluation_layout(batch, language_ids)
         batch["text_language_ids"] = language_ids
         return batch
+
+    def _tokenized(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """``processor(text=texts)``, with each distinct caption tokenized once (tokenizing a batch's captions again
+        every epoch was a tenth of the main job's step); the batch is padded by the tokenizer's ``pad``."""
+        new = [text for text in dict.fromkeys(texts) if text not in self._token_ids]
+        fresh = dict(zip(new, self.processor(text=new, padding=False, return_tensors=None)["input_ids"])) if new else {}
+        if len(self._token_ids) < TOKEN_CACHE_SIZE:
+            self._token_ids.update(fresh)
+        ids = [{"input_ids": self._token_ids[text] if text in self._token_ids else fresh[text]} for text in texts]
+        padded = self.processor.tokenizer.pad(ids, padding=True, return_tensors="pt")
+        return {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
 
     def _evaluation_layout(self, batch: dict[str, torch.Tensor], language_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Regroup the flat texts of the batch as ``(B, width, L)`` with language id -100 for padding."""

@@ -56,3 +56,24 @@ def test_mlm_labels_only_where_masked(tiny_data):
     assert predicted.any()
     assert not (changed & ~predicted).any()
     assert torch.equal(batch["mlm_labels"][predicted], batch["input_ids"][predicted])
+
+
+def test_batches_equal_the_processors_output_also_from_the_token_cache(tiny_data, monkeypatch):
+    """Each distinct caption is tokenized once; a batch is what ``processor(images=, captions=)`` gives, every epoch,
+    long captions truncated the same way; a full cache stops growing and still collates."""
+    import modeling_ccr.collator as collator_module
+
+    dataset, processor = tiny_data
+    rows = [dataset[i] for i in range(4)]
+    rows[2] = {**rows[2], "captions": [*rows[2]["captions"], {"language": "en", "text": " ".join(["a dog runs"] * 40)}]}
+    want = processor(images=[row["image"] for row in rows], captions=[[c["text"] for c in row["captions"]] for row in rows])
+    collate = CCRCollator(processor, LANGUAGES)
+    for _ in range(2):  # the second batch comes from the cache
+        got = collate(rows)
+        for key in ("pixel_values", "input_ids", "attention_mask", "text_image_ids"):
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=0, msg=key)
+    assert len(collate._token_ids) == len({c["text"] for row in rows for c in row["captions"]})
+    monkeypatch.setattr(collator_module, "TOKEN_CACHE_SIZE", 0)
+    full = CCRCollator(processor, LANGUAGES)
+    torch.testing.assert_close(full(rows)["input_ids"], want["input_ids"], rtol=0, atol=0)
+    assert full._token_ids == {}
