@@ -153,7 +153,7 @@ class TrainScriptArguments(CCRTrainingArguments):
     """CCRTrainingArguments with the main job's defaults."""
 
     output_dir: str = field(default="outputs/emoji-ccr", metadata={"help": "Where the run writes everything."})
-    num_train_epochs: float = field(default=20.0, metadata={"help": "Training epochs."})
+    num_train_epochs: float = field(default=30.0, metadata={"help": "Training epochs."})
     image_augmentation: bool = field(
         default=True, metadata={"help": "Random colour, stroke and scale changes of training images (robustness to "
                                 "other drawing styles); --no_image_augmentation turns it off."},

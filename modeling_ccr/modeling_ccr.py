@@ -500,7 +500,9 @@ class CCRModel(PreTrainedModel):
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        groups = None if attention_mask is None else text_length_groups(attention_mask)
+        # The groups depend on the values of the mask: a traced or exported graph must not bake in one batch's groups.
+        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+        groups = None if attention_mask is None or tracing else text_length_groups(attention_mask)
         if groups is None:
             return self.text_model(**kwargs)
         width, hidden, pooled = input_ids.shape[1], [], []

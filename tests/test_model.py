@@ -460,3 +460,22 @@ def test_length_groups_partition_the_rows_and_keep_left_padded_or_even_batches_w
     assert text_length_groups(mask.flip(1)) is None  # left padding: cutting columns would cut tokens
     assert text_length_groups(torch.ones(300, 30, dtype=torch.long)) is None
     assert text_length_groups(mask[:3]) is None  # a few texts: one tower call costs less than the padding
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_a_traced_text_encoder_does_not_keep_the_length_groups_of_its_example_batch():
+    """torch.jit.trace records one path: the length groups (chosen from the mask's values) are off while tracing,
+    so the traced encoder is right for batches whose lengths differ from the example's."""
+    class TextEncoder(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+
+    encode = TextEncoder(make_model(text="bert")).eval()
+    example, other = _mixed_length_batch(seed=0), _mixed_length_batch(n_short=150, n_long=30, seed=1)
+    with torch.no_grad():
+        traced = torch.jit.trace(encode, example, check_trace=False, strict=False)
+        torch.testing.assert_close(traced(*other), encode(*other), rtol=1e-5, atol=1e-5)
