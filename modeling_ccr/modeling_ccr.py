@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, is_torchdynamo_compiling
 
 from .configuration_ccr import CCRConfig
 from .sentence_transformers_ccr import write_sentence_transformers_files
@@ -501,7 +501,7 @@ class CCRModel(PreTrainedModel):
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
         # The groups depend on the values of the mask: a traced or exported graph must not bake in one batch's groups.
-        tracing = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()
+        tracing = torch.jit.is_tracing() or is_torchdynamo_compiling() or torch.onnx.is_in_onnx_export()
         groups = None if attention_mask is None or tracing else text_length_groups(attention_mask)
         if groups is None:
             return self.text_model(**kwargs)
