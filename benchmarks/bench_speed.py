@@ -7,9 +7,9 @@
 (c) peak memory of one training step with accumulated negatives (``--contrastive_accumulation_steps N`` on a
     batch of N x b images) against one micro-batch of b images and against the plain N x b batch, each measured in
     a fresh process as the rise of its peak resident memory (VmHWM, reset just before) over the step;
-(d) training step on real EmojiCCR texts of mixed lengths (names and keyword lists): CCRModel, whose text tower
-    runs the batch in length groups, against transformers' VisionTextDualEncoderModel with the same towers, which
-    pads every text to the longest.
+(d) training step on a real EmojiCCR batch (``CCRCollator``, a caption per language: names and keyword lists):
+    CCRModel, whose text tower runs the batch in length groups, against transformers' VisionTextDualEncoderModel
+    with the same towers, which pads every text to the longest.
 
 The last line reads ``bf16_step=<x> freeze_vision_step=<x> freeze_text_step=<x> unfrozen1_step=<x>
 bf16_encode=<x> r1_rank_agreement=<%> accum_memory_vs_micro=<x> big_batch_memory_vs_micro=<x>
@@ -120,27 +120,24 @@ def bench_encoding(quick: bool, repeats: int) -> tuple[dict[str, float], float]:
     return times, agreement
 
 
-def emoji_text_batch(images: int, max_length: int = 32, seed: int = 3) -> dict:
-    """Real training texts: one EmojiCCR caption per image and language (a name or a keyword list, drawn at random),
-    tokenized by a tokenizer trained on the training captions, padded to the batch's longest."""
-    from modeling_ccr.emoji_dataset import load_emoji_ccr
+def emoji_batch(images: int, image_size: int, max_length: int = 32, seed: int = 3) -> dict:
+    """A real training batch, made as CCRTrainer makes it: EmojiCCR rows through ``CCRCollator`` (a tokenizer trained
+    on the training captions), then one caption per image and language (a name or a keyword list) by
+    ``sample_captions``."""
+    from transformers import ViTImageProcessorPil
+
+    from modeling_ccr import CCRProcessor
+    from modeling_ccr.collator import CCRCollator, sample_captions
+    from modeling_ccr.dataset_schema import dataset_languages
+    from modeling_ccr.emoji_dataset import emoji_training_texts, load_emoji_ccr
     from modeling_ccr.tokenizer_training import train_tokenizer
 
-    captions = load_emoji_ccr("train")["captions"]
-    tokenizer = train_tokenizer([c["text"] for row in captions for c in row], vocab_size=8000, model_max_length=max_length)
-    g = torch.Generator().manual_seed(seed)
-    languages = sorted({c["language"] for row in captions for c in row})
-    texts, image_ids, language_ids = [], [], []
-    for image, row in enumerate(captions[:images]):
-        for language_id, language in enumerate(languages):
-            options = [c["text"] for c in row if c["language"] == language]
-            if options:
-                texts.append(options[int(torch.randint(len(options), (1,), generator=g))])
-                image_ids.append(image)
-                language_ids.append(language_id)
-    encoded = tokenizer(texts, padding=True, truncation=True, return_token_type_ids=False, return_tensors="pt")
-    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
-            "text_image_ids": torch.tensor(image_ids), "text_language_ids": torch.tensor(language_ids)}
+    train = load_emoji_ccr("train")
+    tokenizer = train_tokenizer(emoji_training_texts(train), vocab_size=8000, model_max_length=max_length)
+    processor = CCRProcessor(ViTImageProcessorPil(size={"height": image_size, "width": image_size}), tokenizer)
+    batch = CCRCollator(processor, dataset_languages(train))([train[row] for row in range(images)])
+    torch.manual_seed(seed)
+    return sample_captions(batch, captions_per_language=1)
 
 
 def bench_length_groups(quick: bool, repeats: int) -> tuple[dict[str, float], float]:
@@ -157,10 +154,8 @@ def bench_length_groups(quick: bool, repeats: int) -> tuple[dict[str, float], fl
     vision.load_state_dict(ccr.vision_model.state_dict(), strict=False)                  # loss reads
     text.load_state_dict(ccr.text_model.state_dict(), strict=False)
     vtde = VisionTextDualEncoderModel(vision_model=vision, text_model=text).train()
-    texts = emoji_text_batch(16 if quick else 64, max_length=ccr.config.text_config.max_position_embeddings)
-    size = ccr.config.vision_config.image_size
-    pixel_values = torch.randn(int(texts["text_image_ids"].max()) + 1, 3, size, size, generator=torch.Generator().manual_seed(4))
-    batch = {**texts, "pixel_values": pixel_values}
+    batch = emoji_batch(16 if quick else 64, ccr.config.vision_config.image_size,
+                        max_length=ccr.config.text_config.max_position_embeddings)
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-5) for name, model in (("ccr", ccr), ("vtde", vtde))}
 
     def step_ccr():
@@ -170,16 +165,16 @@ def bench_length_groups(quick: bool, repeats: int) -> tuple[dict[str, float], fl
         optimizers["ccr"].step()
 
     def step_vtde():  # the same 1-to-K loss on its logits (its own CLIP loss needs one text per image)
-        logits = vtde(input_ids=texts["input_ids"], attention_mask=texts["attention_mask"],
-                      pixel_values=pixel_values).logits_per_image
-        loss = one_to_k_loss_from_logits(logits, texts["text_image_ids"])
+        logits = vtde(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      pixel_values=batch["pixel_values"]).logits_per_image
+        loss = one_to_k_loss_from_logits(logits, batch["text_image_ids"])
         optimizers["vtde"].zero_grad(set_to_none=True)
         loss.backward()
         optimizers["vtde"].step()
 
     times = interleaved_medians({"CCRModel": step_ccr, "VisionTextDualEncoderModel": step_vtde}, repeats, 1, 2,
                                 "length groups")
-    return times, 100.0 * (1.0 - float(texts["attention_mask"].float().mean()))
+    return times, 100.0 * (1.0 - float(batch["attention_mask"].float().mean()))
 
 
 def _status_kib(field: str) -> int:
