@@ -18,6 +18,9 @@ ratios peak(variant) / peak(micro-batch).
 
     python benchmarks/bench_speed.py             # main-job sizes
     python benchmarks/bench_speed.py --quick     # a few seconds
+    python benchmarks/bench_speed.py --device cuda --size base    # on a GPU: ViT-B/16 and BERT-base widths
+
+On a GPU, memory (c) is the rise of the CUDA allocator's peak over the step (``torch.cuda.max_memory_allocated``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from bench_model import interleaved_medians  # noqa: E402
+from bench_model import add_device_arguments, interleaved_medians, resolve_device  # noqa: E402
 from transformers import BertConfig, ViTConfig  # noqa: E402
 
 from modeling_ccr import CCRConfig, CCRModel  # noqa: E402
@@ -40,39 +43,45 @@ from modeling_ccr.contrastive_accumulation import accumulated_contrastive_step  
 from modeling_ccr.freezing import freeze_towers  # noqa: E402
 from modeling_ccr.trainer import ccr_training_loss  # noqa: E402
 
+# (image size, patch, layers, hidden, heads) per --size: tiny for --quick; small, the tiny-vit / tiny-bert presets'
+# sizes (the main job's until round 3; the README's CPU figures were measured with them); base, ViT-B/16 and BERT-base
+# widths for a GPU.
+MODEL_SIZES = {"tiny": (32, 4, 2, 32, 4), "small": (64, 8, 3, 128, 4), "base": (224, 16, 12, 768, 12)}
+# Images per training batch and per encoding batch.
+BATCH_IMAGES = {"tiny": (16, 64), "small": (64, 256), "base": (128, 512)}
 
-def build_model(quick: bool, image_size: int = 64, layers: int = 3, hidden: int = 128) -> CCRModel:
-    """ViT and BERT towers of the tiny-vit / tiny-bert presets' sizes (the main job's until round 3; the figures in the
-    README were measured with them), or smaller ones for --quick."""
-    if quick:
-        image_size, layers, hidden = 32, 2, 32
-    vision = ViTConfig(image_size=image_size, patch_size=max(4, image_size // 8), hidden_size=hidden,
-                       num_hidden_layers=layers, num_attention_heads=4, intermediate_size=4 * hidden,
+
+def build_model(size: str = "small", device: torch.device | None = None) -> CCRModel:
+    """A CCRModel with ViT and BERT towers of ``MODEL_SIZES[size]``, in training mode, on ``device``."""
+    image_size, patch, layers, hidden, heads = MODEL_SIZES[size]
+    vision = ViTConfig(image_size=image_size, patch_size=patch, hidden_size=hidden,
+                       num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=4 * hidden,
                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    text = BertConfig(vocab_size=8000, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+    text = BertConfig(vocab_size=8000, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                       intermediate_size=4 * hidden, max_position_embeddings=32)
     torch.manual_seed(0)
     config = CCRConfig.from_vision_text_configs(vision, text, projection_dim=256, num_fusion_layers=0,
                                                 text_pooling="mean", vision_pooling="mean")
-    return CCRModel(config).train()
+    return CCRModel(config).to(device).train()
 
 
 def make_batch(model: CCRModel, images: int, captions: int = 6, seq_len: int = 16, seed: int = 1) -> dict:
     g = torch.Generator().manual_seed(seed)
     size = model.config.vision_config.image_size
     texts = images * captions
-    return {
+    batch = {
         "pixel_values": torch.randn(images, 3, size, size, generator=g),
         "input_ids": torch.randint(5, 8000, (texts, seq_len), generator=g),
         "attention_mask": torch.ones(texts, seq_len, dtype=torch.long),
         "text_image_ids": torch.arange(images).repeat_interleave(captions),
         "text_language_ids": torch.arange(captions).repeat(images),
     }
+    return {key: value.to(model.device) for key, value in batch.items()}
 
 
-def bench_steps(quick: bool, repeats: int) -> dict[str, float]:
-    base = build_model(quick)
-    batch = make_batch(base, 16 if quick else 64)
+def bench_steps(size: str, repeats: int, device: torch.device | None = None) -> dict[str, float]:
+    base = build_model(size, device)
+    batch = make_batch(base, BATCH_IMAGES[size][0])
     variants = {
         "fp32": (copy.deepcopy(base), False),
         "bf16": (copy.deepcopy(base), True),
@@ -88,7 +97,7 @@ def bench_steps(quick: bool, repeats: int) -> dict[str, float]:
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
         def step():
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(base.device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = ccr_training_loss(model, batch).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -96,20 +105,21 @@ def bench_steps(quick: bool, repeats: int) -> dict[str, float]:
         return step
 
     fns = {name: step_fn(model, bf16) for name, (model, bf16) in variants.items()}
-    return interleaved_medians(fns, repeats, 1, 2, "train steps")
+    return interleaved_medians(fns, repeats, 1, 2, "train steps", device)
 
 
-def bench_encoding(quick: bool, repeats: int) -> tuple[dict[str, float], float]:
-    model = build_model(quick).eval()
-    batch = make_batch(model, 64 if quick else 256, captions=6, seed=2)
+def bench_encoding(size: str, repeats: int, device: torch.device | None = None) -> tuple[dict[str, float], float]:
+    model = build_model(size, device).eval()
+    batch = make_batch(model, BATCH_IMAGES[size][1], captions=6, seed=2)
 
     def encode(bf16: bool):
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.no_grad(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
             images = model.get_image_features(pixel_values=batch["pixel_values"]).float()
             texts = model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).float()
         return images, texts
 
-    times = interleaved_medians({"fp32": lambda: encode(False), "bf16": lambda: encode(True)}, repeats, 1, 1, "encode")
+    times = interleaved_medians({"fp32": lambda: encode(False), "bf16": lambda: encode(True)}, repeats, 1, 1, "encode",
+                                device)
     ranks = {}
     for bf16 in (False, True):
         images, texts = encode(bf16)
@@ -140,7 +150,7 @@ def emoji_batch(images: int, image_size: int, max_length: int = 32, seed: int = 
     return sample_captions(batch, captions_per_language=1)
 
 
-def bench_length_groups(quick: bool, repeats: int) -> tuple[dict[str, float], float]:
+def bench_length_groups(size: str, repeats: int, device: torch.device | None = None) -> tuple[dict[str, float], float]:
     """(d) A training step on real EmojiCCR texts of mixed lengths: CCRModel, whose text tower runs the batch in
     length groups, against transformers' VisionTextDualEncoderModel with the same towers and weights, which runs
     it in one call padded to the longest caption; both with the 1-to-K loss (64 images, a caption per language).
@@ -149,13 +159,14 @@ def bench_length_groups(quick: bool, repeats: int) -> tuple[dict[str, float], fl
 
     from modeling_ccr.modeling_ccr import one_to_k_loss_from_logits
 
-    ccr = build_model(quick)
+    ccr = build_model(size, device)
     vision, text = ViTModel(ccr.config.vision_config), BertModel(ccr.config.text_config)  # with the poolers CLIP's
     vision.load_state_dict(ccr.vision_model.state_dict(), strict=False)                  # loss reads
     text.load_state_dict(ccr.text_model.state_dict(), strict=False)
-    vtde = VisionTextDualEncoderModel(vision_model=vision, text_model=text).train()
-    batch = emoji_batch(16 if quick else 64, ccr.config.vision_config.image_size,
+    vtde = VisionTextDualEncoderModel(vision_model=vision, text_model=text).to(device).train()
+    batch = emoji_batch(BATCH_IMAGES[size][0], ccr.config.vision_config.image_size,
                         max_length=ccr.config.text_config.max_position_embeddings)
+    batch = {key: value.to(ccr.device) if torch.is_tensor(value) else value for key, value in batch.items()}
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-5) for name, model in (("ccr", ccr), ("vtde", vtde))}
 
     def step_ccr():
@@ -173,7 +184,7 @@ def bench_length_groups(quick: bool, repeats: int) -> tuple[dict[str, float], fl
         optimizers["vtde"].step()
 
     times = interleaved_medians({"CCRModel": step_ccr, "VisionTextDualEncoderModel": step_vtde}, repeats, 1, 2,
-                                "length groups")
+                                "length groups", device)
     return times, 100.0 * (1.0 - float(batch["attention_mask"].float().mean()))
 
 
@@ -184,21 +195,29 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def measure_step_memory(quick: bool, images: int, accumulation_steps: int) -> float:
-    """Rise of peak resident memory (MiB) over one training step: the peak is reset (clear_refs 5) just before."""
-    model = build_model(quick)
+def measure_step_memory(size: str, images: int, accumulation_steps: int, device: str = "cpu") -> float:
+    """Rise of peak memory (MiB) over one training step. On the CPU, of the resident set: the peak is reset
+    (clear_refs 5) just before; on a GPU, of the CUDA allocator's peak, reset just before."""
+    model = build_model(size, torch.device(device))
     batch = make_batch(model, images)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        one_step(model, batch, accumulation_steps)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
     Path("/proc/self/clear_refs").write_text("5")
     before = _status_kib("VmRSS")
     one_step(model, batch, accumulation_steps)
     return (_status_kib("VmHWM") - before) / 1024
 
 
-def _peak_rise(quick: bool, images: int, accumulation_steps: int) -> float:
+def _peak_rise(size: str, images: int, accumulation_steps: int, device: torch.device) -> float:
     """:func:`measure_step_memory` in a fresh process (allocator state of its own)."""
     here = str(Path(__file__).resolve().parent)
     code = (f"import sys, torch; sys.path.insert(0, {here!r}); import bench_speed as b; torch.set_num_threads(1); "
-            f"print(b.measure_step_memory({quick!r}, {images}, {accumulation_steps}))")
+            f"print(b.measure_step_memory({size!r}, {images}, {accumulation_steps}, {str(device)!r}))")
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(completed.stdout.strip().splitlines()[-1])
 
@@ -210,12 +229,12 @@ def one_step(model: CCRModel, batch: dict, accumulation_steps: int) -> None:
         ccr_training_loss(model, batch).loss.backward()
 
 
-def bench_memory(quick: bool, n: int) -> dict[str, float]:
-    micro = 16 if quick else 64
+def bench_memory(size: str, n: int, device: torch.device) -> dict[str, float]:
+    micro = BATCH_IMAGES[size][0]
     return {
-        "micro": _peak_rise(quick, micro, 1),
-        "accumulated": _peak_rise(quick, micro * n, n),
-        "big_batch": _peak_rise(quick, micro * n, 1),
+        "micro": _peak_rise(size, micro, 1, device),
+        "accumulated": _peak_rise(size, micro * n, n, device),
+        "big_batch": _peak_rise(size, micro * n, 1, device),
     }
 
 
@@ -225,21 +244,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--accumulation", type=int, default=4, help="N of the memory comparison")
+    add_device_arguments(parser)
     args = parser.parse_args(argv)
+    device = resolve_device(parser, args)
     torch.set_num_threads(args.threads)
     repeats = args.repeats or (2 if args.quick else 9)
 
-    steps = bench_steps(args.quick, repeats)
-    print(f"(a) train step, median of {repeats}, threads={args.threads}:")
+    steps = bench_steps(args.size, repeats, device)
+    print(f"(a) train step, ViT+BERT {args.size}, {args.device}, median of {repeats}, threads={args.threads}:")
     for name, seconds in steps.items():
         print(f"    {name:>14}: {seconds * 1e3:8.1f} ms  x{steps['fp32'] / seconds:.2f}")
-    encode, agreement = bench_encoding(args.quick, repeats)
+    encode, agreement = bench_encoding(args.size, repeats, device)
     print(f"(b) encoding: fp32 {encode['fp32'] * 1e3:.1f} ms, bf16 {encode['bf16'] * 1e3:.1f} ms; "
           f"R@1 agreement {agreement:.1f} %")
-    memory = bench_memory(args.quick, args.accumulation)
+    memory = bench_memory(args.size, args.accumulation, device)
     print(f"(c) peak memory rise of one step (MiB): micro-batch {memory['micro']:.0f}, "
           f"{args.accumulation} accumulated {memory['accumulated']:.0f}, one big batch {memory['big_batch']:.0f}")
-    groups, padding = bench_length_groups(args.quick, repeats)
+    groups, padding = bench_length_groups(args.size, repeats, device)
     print(f"(d) train step on EmojiCCR texts ({padding:.0f} % padding): CCRModel {groups['CCRModel'] * 1e3:.1f} ms, "
           f"VisionTextDualEncoderModel {groups['VisionTextDualEncoderModel'] * 1e3:.1f} ms")
     result = {

@@ -19,10 +19,15 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 pytestmark = pytest.mark.bench
 
 
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_bench_model_quick_mode_reports_both_ratios(capsys):
-    spec = importlib.util.spec_from_file_location("bench_model", BENCHMARKS / "bench_model.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load("bench_model")
     threads = torch.get_num_threads()
     try:
         result = bench.main(["--quick", "--repeats", "1"])
@@ -35,9 +40,7 @@ def test_bench_model_quick_mode_reports_both_ratios(capsys):
 
 
 def test_bench_speed_quick_mode_reports_every_ratio(capsys):
-    spec = importlib.util.spec_from_file_location("bench_speed", BENCHMARKS / "bench_speed.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load("bench_speed")
     threads = torch.get_num_threads()
     try:
         result = bench.main(["--quick", "--repeats", "1", "--threads", "1"])
@@ -61,3 +64,24 @@ def test_bench_train_quick_run_reports_steps_per_second_and_memory_for_both_size
     table = [line.split() for line in lines if line.strip()[:1] in {"0", "2"}]
     assert [row[0] for row in table] == ["0", "2"]
     assert float(table[1][1]) > float(table[0][1])  # the fusion layers add parameters
+
+
+@pytest.mark.parametrize("script", ["bench_model", "bench_speed"])
+def test_device_and_size_mistakes_are_one_line_errors(script):
+    """--device cuda where torch sees no GPU, and --quick with a larger --size, stop before any work (exit 2)."""
+    command = [sys.executable, str(BENCHMARKS / f"{script}.py")]
+    if not torch.cuda.is_available():
+        completed = subprocess.run(command + ["--device", "cuda"], capture_output=True, text=True, timeout=120)
+        assert completed.returncode == 2 and "--device cuda: torch sees no CUDA device" in completed.stderr
+    completed = subprocess.run(command + ["--quick", "--size", "base"], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2 and "--quick runs the tiny sizes" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("script", ["bench_model", "bench_speed"])
+def test_quick_mode_runs_on_a_gpu(script, capsys):
+    bench = _load(script)
+    result = bench.main(["--quick", "--repeats", "1", "--threads", "1", "--device", "cuda"])
+    assert all(value >= 0 for value in result.values())
+    assert result["bf16_train_step_ratio" if script == "bench_model" else "bf16_step"] > 0
