@@ -320,8 +320,11 @@ def _hidden_size(config: Any) -> int:
 _TEXT_GROUP_OVERHEAD_TOKENS = 256
 
 
-def text_length_groups(attention_mask: torch.Tensor, overhead_tokens: int = _TEXT_GROUP_OVERHEAD_TOKENS) -> list[torch.Tensor] | None:
-    """Rows of a right-padded text batch split into groups that the text tower runs at their own longest length.
+def text_length_groups(
+    attention_mask: torch.Tensor, overhead_tokens: int = _TEXT_GROUP_OVERHEAD_TOKENS
+) -> list[tuple[torch.Tensor, int]] | None:
+    """Rows of a right-padded text batch split into groups that the text tower runs at their own longest length:
+    ``(rows, length)`` pairs, shortest group first.
 
     A tower spends as much on padding as on tokens: EmojiCCR's training batches mix names of ~6 tokens with keyword
     lists cut at 32, padded to 32. The groups minimise padded tokens plus `overhead_tokens` per tower call (a dynamic
@@ -347,7 +350,8 @@ def text_length_groups(attention_mask: torch.Tensor, overhead_tokens: int = _TEX
     groups, b = [], len(values)
     while b > 0:
         low = values[cut[b] - 1] if cut[b] > 0 else 0
-        groups.append(torch.nonzero((rounded > low) & (rounded <= values[b - 1])).squeeze(1))
+        rows = torch.nonzero((rounded > low) & (rounded <= values[b - 1])).squeeze(1)
+        groups.append((rows, int(lengths[rows].max())))
         b = cut[b]
     return groups[::-1]
 
@@ -506,13 +510,12 @@ class CCRModel(PreTrainedModel):
         if groups is None:
             return self.text_model(**kwargs)
         width, hidden, pooled = input_ids.shape[1], [], []
-        for rows in groups:
-            length = int(attention_mask[rows].sum(1).max())
+        for rows, length in groups:
             output = self.text_model(**{key: value[rows, :length] for key, value in kwargs.items()})
             hidden.append(F.pad(output.last_hidden_state, (0, 0, 0, width - length)))
             pooled.append(getattr(output, "pooler_output", None))
         order = torch.empty_like(input_ids[:, 0])
-        order[torch.cat(groups)] = torch.arange(len(order), device=order.device)
+        order[torch.cat([rows for rows, _ in groups])] = torch.arange(len(order), device=order.device)
         return BaseModelOutputWithPooling(
             last_hidden_state=torch.cat(hidden)[order],
             pooler_output=None if pooled[0] is None else torch.cat(pooled)[order],

@@ -454,8 +454,9 @@ def test_length_groups_partition_the_rows_and_keep_left_padded_or_even_batches_w
 
     _, mask = _mixed_length_batch()
     groups = text_length_groups(mask)
-    assert sorted(torch.cat(groups).tolist()) == list(range(mask.shape[0]))
-    longest = [int(mask[rows].sum(1).max()) for rows in groups]
+    assert sorted(torch.cat([rows for rows, _ in groups]).tolist()) == list(range(mask.shape[0]))
+    longest = [length for _, length in groups]
+    assert longest == [int(mask[rows].sum(1).max()) for rows, _ in groups]  # each group's own longest text
     assert longest == sorted(longest) and longest[0] <= 8
     assert text_length_groups(mask.flip(1)) is None  # left padding: cutting columns would cut tokens
     assert text_length_groups(torch.ones(300, 30, dtype=torch.long)) is None
