@@ -162,7 +162,7 @@ class TrainScriptArguments(CCRTrainingArguments):
     per_device_eval_batch_size: int = field(default=128, metadata={"help": "Images per evaluation batch and device."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (AdamW)."})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay."})
-    warmup_steps: float = field(default=0.05, metadata={"help": "Warm-up: steps, or a fraction of all steps if < 1."})
+    warmup_steps: float = field(default=0.1, metadata={"help": "Warm-up: steps, or a fraction of all steps if < 1."})
     lr_scheduler_type: SchedulerType | str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
     logging_steps: float = field(default=20, metadata={"help": "Log every N steps."})
     eval_strategy: IntervalStrategy | str = field(default="steps", metadata={"help": "When to evaluate on --eval_split: no, steps, epoch."})
