@@ -67,15 +67,18 @@ def test_bench_train_quick_run_reports_steps_per_second_and_memory_for_both_size
 
 
 @pytest.mark.parametrize("script", ["bench_model", "bench_speed"])
-def test_device_and_size_mistakes_are_one_line_errors(script):
+def test_device_and_size_mistakes_are_one_line_errors(script, capsys):
     """--device cuda where torch sees no GPU, and --quick with a larger --size, stop before any work (exit 2)."""
-    command = [sys.executable, str(BENCHMARKS / f"{script}.py")]
+    bench = _load(script)
+    mistakes = [(["--quick", "--size", "base"], "--quick runs the tiny sizes")]
     if not torch.cuda.is_available():
-        completed = subprocess.run(command + ["--device", "cuda"], capture_output=True, text=True, timeout=120)
-        assert completed.returncode == 2 and "--device cuda: torch sees no CUDA device" in completed.stderr
-    completed = subprocess.run(command + ["--quick", "--size", "base"], capture_output=True, text=True, timeout=120)
-    assert completed.returncode == 2 and "--quick runs the tiny sizes" in completed.stderr
-    assert "Traceback" not in completed.stderr
+        mistakes.append((["--device", "cuda"], "--device cuda: torch sees no CUDA device"))
+    for argv, message in mistakes:
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main(argv)
+        assert exit_info.value.code == 2
+        captured = capsys.readouterr()
+        assert message in captured.err and captured.out == ""
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
