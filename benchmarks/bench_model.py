@@ -39,14 +39,19 @@ from transformers import BertConfig, BertModel, VisionTextDualEncoderModel, ViTC
 from modeling_ccr import CCRModel, one_to_k_contrastive_loss  # noqa: E402
 from modeling_ccr.configuration_ccr import CCRConfig  # noqa: E402
 
-SIZES = ("tiny", "small", "base")
+# Tower widths (hidden, layers, heads, MLP), image size, and the train step's batch and text length, per --size.
+TOWER_SIZES = {
+    "tiny": dict(hidden=64, layers=2, heads=4, mlp=128, image_size=64, batch_size=8, seq_len=16),
+    "small": dict(hidden=192, layers=4, heads=4, mlp=768, image_size=96, batch_size=32, seq_len=32),
+    "base": dict(hidden=768, layers=12, heads=12, mlp=3072, image_size=224, batch_size=128, seq_len=64),
+}
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """``--device`` and ``--size``, shared by the benchmarks that time training steps."""
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="where both sides run (cuda: timings wait for the GPU; memory is the CUDA allocator's)")
-    parser.add_argument("--size", default=None, choices=SIZES,
+    parser.add_argument("--size", default=None, choices=tuple(TOWER_SIZES),
                         help="tower sizes: tiny (--quick's), small (the CPU default), base (ViT-B/16 and BERT-base "
                              "widths, for a GPU)")
 
@@ -109,14 +114,6 @@ def bench_loss(B: int, K: int, D: int, repeats: int, inner: int, device: torch.d
         ((F.cross_entropy(logits, first_caption) + F.cross_entropy(logits.t(), text_image_ids)) / 2).backward()
 
     return interleaved_medians({"1-to-K": one_to_k, "ce": ce, "clip": clip}, repeats, inner, 5, "loss", device)
-
-
-# Tower widths (hidden, layers, heads, MLP), image size, and the train step's batch and text length, per --size.
-TOWER_SIZES = {
-    "tiny": dict(hidden=64, layers=2, heads=4, mlp=128, image_size=64, batch_size=8, seq_len=16),
-    "small": dict(hidden=192, layers=4, heads=4, mlp=768, image_size=96, batch_size=32, seq_len=32),
-    "base": dict(hidden=768, layers=12, heads=12, mlp=3072, image_size=224, batch_size=128, seq_len=64),
-}
 
 
 def build_towers(size: str):

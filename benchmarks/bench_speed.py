@@ -41,6 +41,7 @@ from transformers import BertConfig, ViTConfig  # noqa: E402
 from modeling_ccr import CCRConfig, CCRModel  # noqa: E402
 from modeling_ccr.contrastive_accumulation import accumulated_contrastive_step  # noqa: E402
 from modeling_ccr.freezing import freeze_towers  # noqa: E402
+from modeling_ccr.retrieval import _to_device  # noqa: E402
 from modeling_ccr.trainer import ccr_training_loss  # noqa: E402
 
 # (image size, patch, layers, hidden, heads) per --size: tiny for --quick; small, the tiny-vit / tiny-bert presets'
@@ -76,7 +77,7 @@ def make_batch(model: CCRModel, images: int, captions: int = 6, seq_len: int = 1
         "text_image_ids": torch.arange(images).repeat_interleave(captions),
         "text_language_ids": torch.arange(captions).repeat(images),
     }
-    return {key: value.to(model.device) for key, value in batch.items()}
+    return _to_device(batch, model.device)
 
 
 def bench_steps(size: str, repeats: int, device: torch.device | None = None) -> dict[str, float]:
@@ -164,9 +165,8 @@ def bench_length_groups(size: str, repeats: int, device: torch.device | None = N
     vision.load_state_dict(ccr.vision_model.state_dict(), strict=False)                  # loss reads
     text.load_state_dict(ccr.text_model.state_dict(), strict=False)
     vtde = VisionTextDualEncoderModel(vision_model=vision, text_model=text).to(device).train()
-    batch = emoji_batch(BATCH_IMAGES[size][0], ccr.config.vision_config.image_size,
-                        max_length=ccr.config.text_config.max_position_embeddings)
-    batch = {key: value.to(ccr.device) if torch.is_tensor(value) else value for key, value in batch.items()}
+    batch = _to_device(emoji_batch(BATCH_IMAGES[size][0], ccr.config.vision_config.image_size,
+                                   max_length=ccr.config.text_config.max_position_embeddings), ccr.device)
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-5) for name, model in (("ccr", ccr), ("vtde", vtde))}
 
     def step_ccr():
